@@ -1,0 +1,56 @@
+"""The Serve application builder named by serve_config.yaml (``import_path: actors.app:build_app``).
+
+``args`` are MirageSettings fields (validated once here, then passed down). Deployment resources default to the
+CPU profile; serve_config.yaml overrides them per deployment (the A10G profile sets the GPU fractions).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from actors.deployments import DetectorDeployment, EnhancerDeployment, SwapperDeployment, VoiceDeployment
+from actors.ingress import IngressDeployment
+from mirage_ray.config import MirageSettings, load_settings
+from mirage_ray.security import HMAC_ALGORITHMS, AUTO_SECRET_BYTES, build_auth
+
+HTTP_HEADROOM_REQUESTS = 8  # health/stats requests an ingress replica takes beside its WebSocket sessions
+
+CPU_PROFILE: dict[str, dict[str, Any]] = {
+    "Detector": {"ray_actor_options": {"num_cpus": 0.25}},
+    "Swapper": {"ray_actor_options": {"num_cpus": 0.5}},
+    "Enhancer": {"ray_actor_options": {"num_cpus": 0.25}},
+    "Voice": {"ray_actor_options": {"num_cpus": 0.25}},
+    "Ingress": {"ray_actor_options": {"num_cpus": 0.5}},
+}
+
+
+def _auto_secret(settings: MirageSettings) -> str | None:
+    """One random secret for every ingress replica when serving loopback without a configured key."""
+    if settings.jwt_algorithm in HMAC_ALGORITHMS and not settings.jwt_secret and settings.is_loopback:
+        return secrets.token_urlsafe(AUTO_SECRET_BYTES)
+    return None
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    settings = load_settings(**args)
+    auto_secret = _auto_secret(settings)
+    build_auth(settings, auto_secret=auto_secret)  # refuses to start on a public address without a key
+
+    def bind(cls: type, name: str) -> Application:
+        return serve.deployment(cls, name=name, **CPU_PROFILE[name]).bind(settings)
+
+    detector = bind(DetectorDeployment, "Detector")
+    swapper = bind(SwapperDeployment, "Swapper")
+    enhancer = bind(EnhancerDeployment, "Enhancer")
+    voice = bind(VoiceDeployment, "Voice")
+    ingress = serve.deployment(
+        serve.ingress()(IngressDeployment),
+        name="Ingress",
+        max_ongoing_requests=settings.sessions_per_replica + HTTP_HEADROOM_REQUESTS,
+        **CPU_PROFILE["Ingress"],
+    )
+    return ingress.bind(settings, detector, swapper, enhancer, voice, auto_secret)

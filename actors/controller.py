@@ -1,0 +1,61 @@
+"""The controller actor: a thin Ray shim around the pure ControllerPolicy.
+
+Named and restartable (``max_restarts=-1``); it holds only what the next round of session pushes rebuilds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from mirage_ray.controller_policy import ControllerPolicy, Directive
+from mirage_ray.metrics import SessionSummary
+
+CONTROLLER_NAME = "mirage_controller"
+CONTROLLER_NAMESPACE = "mirage"
+
+
+class ControllerActor:
+    """Each push returns the directive waiting for the pushing session, if any (directives target one session)."""
+
+    def __init__(self) -> None:
+        self._policy = ControllerPolicy()
+        self._pending: dict[str, Directive] = {}
+        self.started_at = time.time()
+
+    def push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+        now = time.monotonic()
+        pushed = SessionSummary.from_dict(summary)
+        for directive in (self._policy.push(pushed, now), self._policy.tick(now)):
+            if directive is not None:
+                self._pending[directive.session_id] = directive
+        directive = self._pending.pop(pushed.session_id, None)
+        return asdict(directive) if directive is not None else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the controller currently believes (for tests and operators)."""
+        pressure, why = self._policy.pressure
+        return {
+            "started_at": self.started_at,
+            "pressure": pressure,
+            "why": why,
+            "floors": self._policy.floors(),
+            "sessions": len(self._policy.summaries(time.monotonic())),
+        }
+
+
+def get_or_create_controller() -> Any:
+    """The named controller actor handle (created on first use, restarted by Ray when it dies)."""
+    actor_cls = ray.remote(ControllerActor)
+    return actor_cls.options(
+        name=CONTROLLER_NAME,
+        namespace=CONTROLLER_NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,
+    ).remote()

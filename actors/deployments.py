@@ -1,0 +1,135 @@
+"""Stateless model deployments: shims that unpack a request, call the core backend, and pack the result.
+
+Classes stay undecorated; actors/app.py applies ``serve.deployment(cls, **options).bind(settings)``. Calls from
+several sessions are batched with ``@serve.batch`` (sizes from settings through ``reconfigure``) and run off the
+replica's event loop so one slow frame does not stall the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
+from mirage_ray.config import MirageSettings
+from mirage_ray.models import ModelRegistry
+from mirage_ray.stages import StageFailure, TestDelay
+from mirage_ray.vision.faces import Face, SourceIdentity
+from mirage_ray.voice.base import VoiceParams
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_batching(method: Any, settings: MirageSettings) -> None:
+    method.set_max_batch_size(settings.batch_max_size)
+    method.set_batch_wait_timeout_s(settings.batch_wait_s)
+
+
+def _guarded(stage: str, fn: Any, *args: Any) -> Any:
+    """One batch item's result, or a StageFailure so one bad item does not fail the whole batch."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        logger.exception("%s failed for one item of a batch", stage)
+        return StageFailure(f"{stage}: {type(exc).__name__}: {exc}")
+
+
+class _StageDeployment:
+    _delay: TestDelay
+
+    def set_test_delay(self, ms: float) -> float:
+        """Test-only (needs ``test_hooks``): add ``ms`` of latency to every call of this stage."""
+        self._delay.set(ms)
+        return self._delay.ms
+
+
+class DetectorDeployment(_StageDeployment):
+    def __init__(self, settings: MirageSettings) -> None:
+        self._settings = settings
+        self._detector, self._choice = build_detector(settings, ModelRegistry(settings))
+        self._delay = TestDelay(settings, "detect")
+        _configure_batching(self.detect, settings)
+
+    def ready(self) -> dict[str, Any]:
+        return {"ready": True, **self._choice.as_dict()}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        def run() -> list[list[Face]]:
+            self._delay.sleep()
+            return [_guarded("detect", self._detector.detect, image) for image in images]
+
+        return await asyncio.to_thread(run)
+
+
+class SwapperDeployment(_StageDeployment):
+    def __init__(self, settings: MirageSettings) -> None:
+        self._settings = settings
+        self._swapper, self._choice = build_swapper(settings, ModelRegistry(settings))
+        self._delay = TestDelay(settings, "swap")
+        _configure_batching(self.swap, settings)
+
+    def ready(self) -> dict[str, Any]:
+        return {"ready": True, "passthrough": self._swapper.name == "passthrough", **self._choice.as_dict()}
+
+    async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
+        return await asyncio.to_thread(self._swapper.identity, image, face)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def swap(
+        self, images: list[np.ndarray], faces: list[Sequence[Face]], identities: list[SourceIdentity]
+    ) -> list[np.ndarray]:
+        def run() -> list[np.ndarray]:
+            self._delay.sleep()
+            jobs = zip(images, faces, identities, strict=True)
+            return [_guarded("swap", self._swapper.swap, *job) for job in jobs]
+
+        return await asyncio.to_thread(run)
+
+
+class EnhancerDeployment(_StageDeployment):
+    def __init__(self, settings: MirageSettings) -> None:
+        self._settings = settings
+        self._enhancer, self._choice = build_enhancer(settings, ModelRegistry(settings))
+        self._delay = TestDelay(settings, "enhance")
+
+    def ready(self) -> dict[str, Any]:
+        return {"ready": True, **self._choice.as_dict()}
+
+    async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
+        def run() -> np.ndarray:
+            self._delay.sleep()
+            return self._enhancer.restore(crops, fidelity)
+
+        return await asyncio.to_thread(run)
+
+
+class VoiceDeployment(_StageDeployment):
+    def __init__(self, settings: MirageSettings) -> None:
+        self._settings = settings
+        self._primary, self._fallback, self._choice = build_converters(settings, ModelRegistry(settings))
+        self._delay = TestDelay(settings, "voice")
+        _configure_batching(self.convert, settings)
+
+    def ready(self) -> dict[str, Any]:
+        voices = list(getattr(self._primary, "voices", []) or [])
+        return {"ready": True, "fallback_converter": self._fallback.name, "voices": voices, **self._choice.as_dict()}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def convert(
+        self, windows: list[np.ndarray], params: list[VoiceParams], fallback: list[bool]
+    ) -> list[np.ndarray]:
+        def run() -> list[np.ndarray]:
+            self._delay.sleep()
+            jobs = zip(windows, params, fallback, strict=True)
+            return [
+                _guarded("voice", (self._fallback if use_fallback else self._primary).convert, window, p)
+                for window, p, use_fallback in jobs
+            ]
+
+        return await asyncio.to_thread(run)

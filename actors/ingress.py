@@ -1,0 +1,113 @@
+"""The ingress deployment: one Starlette app per replica (built at replica start), sessions over Ray handles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+
+from actors.controller import get_or_create_controller
+from actors.metrics_sink import RayMetricsSink
+from mirage_ray.config import MirageSettings
+from mirage_ray.security import build_auth
+from mirage_ray.server import ServerContext, build_app
+from mirage_ray.stages import StageFailure, StageUnavailable
+from mirage_ray.vision.faces import Face, SourceIdentity
+from mirage_ray.voice.base import VoiceParams
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 10.0
+STAGES = ("detector", "swapper", "enhancer", "voice")
+
+
+class RayStages:
+    """:class:`~mirage_ray.stages.Stages` over the model deployments' handles."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+        self._handles = handles
+
+    async def _call(self, stage: str, method: str, *args: Any) -> Any:
+        try:
+            result = await getattr(self._handles[stage], method).remote(*args)
+        except Exception as exc:  # replica died, actor error, backpressure
+            raise StageUnavailable(f"{stage}.{method}: {type(exc).__name__}: {exc}") from exc
+        if isinstance(result, StageFailure):
+            raise StageUnavailable(result.message)
+        return result
+
+    async def detect(self, image: np.ndarray) -> list[Face]:
+        return await self._call("detector", "detect", image)
+
+    async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
+        return await self._call("swapper", "identity", image, face)
+
+    async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
+        return await self._call("swapper", "swap", image, list(faces), identity)
+
+    async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
+        return await self._call("enhancer", "restore", crops, fidelity)
+
+    async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray:
+        return await self._call("voice", "convert", window, params, fallback)
+
+
+class IngressDeployment:
+    """Holds the WebSocket sessions of this replica; everything else is a handle call away."""
+
+    def __init__(
+        self,
+        settings: MirageSettings,
+        detector: DeploymentHandle,
+        swapper: DeploymentHandle,
+        enhancer: DeploymentHandle,
+        voice: DeploymentHandle,
+        auto_secret: str | None = None,
+    ) -> None:
+        logging.basicConfig(level=settings.log_level)
+        self._settings = settings
+        self._handles = {"detector": detector, "swapper": swapper, "enhancer": enhancer, "voice": voice}
+        self._auth = build_auth(settings, auto_secret=auto_secret)
+        self._metrics = RayMetricsSink()
+        self._controller: Any = None
+
+    async def _readiness(self) -> dict[str, Any]:
+        async def one(stage: str) -> tuple[str, dict[str, Any]]:
+            try:
+                report = await asyncio.wait_for(self._handles[stage].ready.remote(), READY_TIMEOUT_S)
+            except Exception as exc:
+                return stage, {"ready": False, "error": f"{type(exc).__name__}: {exc}"}
+            return stage, report
+
+        return dict(await asyncio.gather(*(one(stage) for stage in STAGES)))
+
+    async def _controller_push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+        if self._controller is None:
+            self._controller = get_or_create_controller()
+        try:
+            return await self._controller.push.remote(summary)
+        except ray.exceptions.RayActorError:
+            self._controller = None  # look it up again next time (it restarts under the same name)
+            raise
+
+    async def __serve_build_asgi_app__(self) -> Starlette:
+        report = await self._readiness()
+        backends = {stage: info for stage, info in report.items()}
+        backends["voices"] = report.get("voice", {}).get("voices", [])
+        context = ServerContext(
+            settings=self._settings,
+            auth=self._auth,
+            stages=RayStages(self._handles),
+            backends=backends,
+            readiness=self._readiness,
+            controller_push=self._controller_push,
+            metrics_sink=self._metrics,
+        )
+        logger.info("ingress ready; backends: %s", {k: v.get("name") for k, v in report.items()})
+        return build_app(context)

@@ -1,0 +1,216 @@
+"""Start a local Ray head, deploy a Serve config, wait until every deployment is RUNNING, stop cleanly.
+
+Used by ``make run`` and by the integration tests (the same path a user takes)::
+
+    python -m actors.launch run [--config serve_config.yaml] [--port 8000] [--set key=value ...]
+
+Without ``--config`` it picks serve_config.yaml (A10G profile: GPU fractions) when a GPU is visible, else
+serve_config.cpu.yaml. SIGINT / SIGTERM shut Serve down and stop the Ray head it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("mirage.launch")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GPU_CONFIG = REPO_ROOT / "serve_config.yaml"
+CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
+READY_TIMEOUT_S = 300.0
+POLL_INTERVAL_S = 1.0
+APP_NAME = "mirage"
+
+
+def count_gpus() -> int:
+    """Physical NVIDIA GPUs visible to this machine (0 without nvidia-smi)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are parsed as YAML scalars/objects (so ``enhance=true`` is a bool)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def write_config(source: Path, host: str, port: int, overrides: dict[str, Any], out_dir: Path) -> Path:
+    """A copy of ``source`` with the HTTP address and the application args overridden."""
+    config = yaml.safe_load(source.read_text())
+    config.setdefault("http_options", {}).update({"host": host, "port": port})
+    for app in config["applications"]:
+        app.setdefault("args", {}).update({"host": host, "port": port, **overrides})
+    target = out_dir / "serve_config.yaml"
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def wait_running(address: str, timeout_s: float) -> dict[str, str]:
+    """Block until every deployment of the application is RUNNING; returns their statuses."""
+    import ray
+    from ray import serve
+
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    deadline = time.monotonic() + timeout_s
+    statuses: dict[str, str] = {}
+    try:
+        while time.monotonic() < deadline:
+            status = serve.status()
+            app = status.applications.get(APP_NAME)
+            if app is not None:
+                statuses = {name: _deployment_state(d) for name, d in app.deployments.items()}
+                if str(app.status.value) == "DEPLOY_FAILED":
+                    raise RuntimeError(f"deployment failed: {app.message}")
+                if statuses and all(value == "RUNNING" for value in statuses.values()) and app.status.value == "RUNNING":
+                    return statuses
+                unhealthy = {n: d.message for n, d in app.deployments.items() if d.status.value == "UNHEALTHY"}
+                if unhealthy:
+                    raise RuntimeError(f"deployments unhealthy: {unhealthy}")
+            time.sleep(POLL_INTERVAL_S)
+        raise TimeoutError(f"deployments not all RUNNING after {timeout_s:.0f} s: {statuses}")
+    finally:
+        ray.shutdown()
+
+
+def _deployment_state(deployment: Any) -> str:
+    """RUNNING when the deployment is HEALTHY and every one of its replicas is RUNNING, else the Serve status."""
+    replicas = {str(getattr(k, "value", k)): v for k, v in deployment.replica_states.items()}
+    healthy = str(deployment.status.value) == "HEALTHY"
+    if healthy and replicas and set(replicas) == {"RUNNING"}:
+        return "RUNNING"
+    return f"{deployment.status.value} {replicas}"
+
+
+class LocalCluster:
+    """A Ray head started for this run only, in its own temp dir, stopped at exit."""
+
+    def __init__(self, num_cpus: int, num_gpus: int, metrics_port: int) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._temp_dir = Path(tempfile.mkdtemp(prefix="mirage-ray-"))
+        self._num_cpus = num_cpus
+        self._num_gpus = num_gpus
+        self.metrics_port = metrics_port
+
+    def start(self) -> None:
+        command = [
+            "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+            f"--num-cpus={self._num_cpus}", f"--num-gpus={self._num_gpus}", "--include-dashboard=false",
+            "--disable-usage-stats", f"--metrics-export-port={self.metrics_port}", f"--temp-dir={self._temp_dir}",
+        ]  # fmt: skip
+        logger.info("starting Ray head: %d CPUs, %d GPUs (logical)", self._num_cpus, self._num_gpus)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=_ray_env())
+
+    def stop(self) -> None:
+        subprocess.run(["ray", "stop", "--force"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _ray_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def deploy(config: Path, address: str) -> None:
+    subprocess.run(
+        ["serve", "run", "--non-blocking", f"--address={address}", str(config)],
+        check=True,
+        cwd=REPO_ROOT,
+        env=_ray_env(),
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    gpus = count_gpus() if args.num_gpus is None else args.num_gpus
+    source = Path(args.config) if args.config else (GPU_CONFIG if gpus > 0 else CPU_CONFIG)
+    cluster = LocalCluster(num_cpus=args.num_cpus or os.cpu_count() or 2, num_gpus=gpus, metrics_port=args.metrics_port)
+    stop_requested = False
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        logger.info("signal %d: stopping", signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    work_dir = Path(tempfile.mkdtemp(prefix="mirage-config-"))
+    try:
+        config = write_config(source, args.host, args.port, parse_sets(args.set), work_dir)
+        cluster.start()
+        logger.info("deploying %s", source.name)
+        deploy(config, cluster.address)
+        statuses = wait_running(cluster.address, args.timeout)
+        url = f"http://{args.host}:{args.port}/"
+        ready = {"url": url, "ray_address": cluster.address, "metrics_port": cluster.metrics_port, "deployments": statuses}
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps(ready))
+        print(f"Mirage is up: every deployment RUNNING {sorted(statuses)}", flush=True)
+        print(f"Open {url} in a browser (Ctrl-C stops everything).", flush=True)
+        while not stop_requested:
+            time.sleep(0.2)
+        return 0
+    except Exception as exc:
+        logger.error("start failed: %s", exc)
+        return 1
+    finally:
+        cluster.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        logger.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors.launch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="start Ray + Serve and block until Ctrl-C / SIGTERM")
+    run_parser.add_argument("--config", help="Serve config YAML (default: by GPU presence)")
+    run_parser.add_argument("--host", default="127.0.0.1")
+    run_parser.add_argument("--port", type=int, default=8000)
+    run_parser.add_argument("--num-cpus", type=int, default=None)
+    run_parser.add_argument("--num-gpus", type=int, default=None, help="logical GPUs to declare (default: physical)")
+    run_parser.add_argument("--metrics-port", type=int, default=8080)
+    run_parser.add_argument("--timeout", type=float, default=READY_TIMEOUT_S)
+    run_parser.add_argument("--ready-file", help="write the URL and deployment statuses here once RUNNING")
+    run_parser.add_argument("--set", action="append", default=[], help="application arg key=value (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        return run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

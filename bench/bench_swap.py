@@ -1,0 +1,109 @@
+"""Classical swapper cost per 512x512 frame with one face, with its breakdown; prints numbers, asserts nothing.
+
+    python -m bench.bench_swap [--repeats 200] [--threads 1]     (from the repository root)
+
+Two frames: scikit-image's astronaut() (face ~90 px) and a zoomed crop of it (face ~250 px, the worst case at 512).
+The source identity is Tom Hanks from insightface's bundled test images. Detection (dlib HOG) is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+from skimage import data
+
+from mirage_ray.vision.faces import Face
+from mirage_ray.vision.landmarks_dlib import DlibLandmarks, kps_from_landmarks
+from mirage_ray.vision.swap_classical import (
+    NUM_LANDMARKS,
+    ClassicalSwapper,
+    _with_source_shape,
+    blend,
+    blend_weight,
+    face_points,
+    face_roi,
+    mask_polygon,
+    ring_points,
+    transfer_colour,
+    warp_source,
+)
+from mirage_ray.vision.align import similarity_matrix
+from mirage_ray.vision.landmarks_dlib import transform_points
+
+FRAME_PX = 512
+
+
+def _first_face(image: np.ndarray, landmarks: DlibLandmarks) -> Face:
+    rects = dlib.get_frontal_face_detector()(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), 1)
+    rect = max(rects, key=lambda r: r.area())
+    box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+    kps = kps_from_landmarks(landmarks.predict(image, box))
+    return Face(bbox=np.array(box, np.float32), kps=kps, score=1.0)
+
+
+def _frames() -> dict[str, np.ndarray]:
+    astronaut = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    zoomed = cv2.resize(astronaut[20:220, 120:320], (FRAME_PX, FRAME_PX), interpolation=cv2.INTER_CUBIC)
+    return {"astronaut (face ~90 px)": astronaut, "zoomed (face ~250 px)": zoomed}
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (1 = one core)")
+    args = parser.parse_args()
+    cv2.setNumThreads(args.threads)
+
+    images = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
+    landmarks = DlibLandmarks()
+    swapper = ClassicalSwapper(landmarks)
+    reference = cv2.imread(str(images / "Tom_Hanks_54745.png"))
+    identity = swapper.identity(reference, _first_face(reference, landmarks))
+    src_points, triangles = identity.extras["points"], identity.extras["triangles"]
+    print(f"classical swap, cv2 threads={args.threads}, median of {args.repeats} runs, ms per frame with one face")
+    for label, frame in _frames().items():
+        face = _first_face(frame, landmarks)
+        swapper.swap(frame, [face], identity)  # warm-up
+        total = _median_ms(lambda frame=frame, face=face: swapper.swap(frame, [face], identity), args.repeats)
+        lms = swapper.target_landmarks(frame, face)
+        t_lm = _median_ms(lambda frame=frame, face=face: swapper.target_landmarks(frame, face), args.repeats)
+        pts = face_points(_with_source_shape(lms, src_points[:NUM_LANDMARKS]))
+        ring = transform_points(src_points[len(pts) :], similarity_matrix(src_points[: len(pts)], pts))
+        dst = np.concatenate([pts, ring])
+        roi = face_roi(mask_polygon(pts), frame.shape)
+        x1, y1, x2, y2 = roi
+        target = frame[y1:y2, x1:x2]
+        t_warp = _median_ms(lambda: warp_source(identity.crop, src_points, dst, triangles, roi), args.repeats)
+        warped = warp_source(identity.crop, src_points, dst, triangles, roi)
+        t_mask = _median_ms(lambda: blend_weight(pts, roi), args.repeats)
+        weight = blend_weight(pts, roi)
+        t_colour = _median_ms(lambda: transfer_colour(warped, target, weight), args.repeats)
+        coloured = transfer_colour(warped, target, weight)
+        t_blend = _median_ms(lambda: blend(target, coloured, weight), args.repeats)
+        print(
+            f"  {label}: total {total:.2f} | landmarks {t_lm:.2f}, warp {t_warp:.2f}, colour {t_colour:.2f}, "
+            f"mask {t_mask:.2f}, blend {t_blend:.2f} | region {x2 - x1}x{y2 - y1} px, {len(triangles)} triangles, "
+            f"ring {ring_points(pts).shape[0]} points"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

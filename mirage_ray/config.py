@@ -1,0 +1,141 @@
+"""One typed settings object for the whole service.
+
+Values come from the environment (``MIRAGE_*``) and can be overridden per application from serve_config.yaml
+``args``. Nothing else in the code base reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DetectorChoice = Literal["auto", "scrfd", "retinaface"]
+SwapperChoice = Literal["auto", "inswapper", "classical", "passthrough"]
+EnhancerChoice = Literal["auto", "codeformer", "none"]
+VoiceChoice = Literal["auto", "rvc", "world", "passthrough"]
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256"]
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def default_model_dir() -> Path:
+    """insightface-compatible cache root: ~/.insightface/models."""
+    return Path.home() / ".insightface" / "models"
+
+
+class MirageSettings(BaseSettings):
+    """Every knob of the service, validated once; bad values are refused with the allowed range."""
+
+    model_config = SettingsConfigDict(env_prefix="MIRAGE_", extra="forbid", frozen=True)
+
+    # --- serving --------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    sessions_per_replica: int = Field(8, ge=1, le=256, description="max WebSocket sessions per ingress replica")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- security -------------------------------------------------------------------------------
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithm: JwtAlgorithm = "HS256"
+    jwt_audience: str = "mirage"
+    jwt_issuer: str | None = None
+    jwt_leeway_s: float = Field(5.0, ge=0.0, le=300.0)
+    page_token_ttl_s: int = Field(3600, ge=60, le=86400, description="lifetime of the token the local page gets")
+    allowed_origins: tuple[str, ...] = ()
+    max_frame_bytes: int = Field(2_000_000, ge=1024, le=16 * 1024 * 1024)
+    max_messages_per_s: float = Field(120.0, ge=1.0, le=10_000.0)
+    message_burst: int = Field(240, ge=1, le=100_000)
+    max_connections_per_s: float = Field(5.0, ge=0.1, le=1000.0)
+    connection_burst: int = Field(20, ge=1, le=10_000)
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, le=8192 * 8192)
+    invalid_window: int = Field(200, ge=10, le=10_000)
+    invalid_ratio_abandon: float = Field(0.30, gt=0.0, le=1.0)
+
+    # --- video ----------------------------------------------------------------------------------
+    video_width: int = Field(512, ge=64, le=1920)
+    video_height: int = Field(512, ge=64, le=1920)
+    video_fps: float = Field(20.0, ge=1.0, le=60.0)
+    jpeg_quality: int = Field(85, ge=30, le=100)
+    max_faces: int = Field(1, ge=1, le=16)
+    detect_every: int = Field(5, ge=1, le=100)
+    det_size: int = Field(640, ge=128, le=1280)
+    det_threshold: float = Field(0.5, ge=0.05, le=0.99)
+    detector: DetectorChoice = "auto"
+    swapper: SwapperChoice = "auto"
+    enhancer: EnhancerChoice = "auto"
+    enhance: bool = False
+    inswapper_precision: Literal["fp32", "fp16"] = "fp32"
+    codeformer_fidelity: float = Field(0.75, ge=0.0, le=1.0)
+    onnx_providers: tuple[str, ...] = ()
+    onnx_threads: int = Field(0, ge=0, le=64, description="0 = onnxruntime default")
+    gpu_mem_limit_mb: int = Field(4096, ge=256, le=80_000)
+
+    # --- audio ----------------------------------------------------------------------------------
+    sample_rate: Literal[16000] = 16000
+    chunk_ms: int = Field(192, ge=40, le=1000)
+    min_chunk_ms: int = Field(80, ge=40, le=1000)
+    max_chunk_ms: int = Field(480, ge=40, le=1000)
+    context_ms: int = Field(384, ge=0, le=3000)
+    crossfade_ms: int = Field(40, ge=0, le=200)
+    crossfade: bool = True
+    gate_db: float = Field(-50.0, ge=-120.0, le=0.0)
+    voice: VoiceChoice = "auto"
+    voice_preset: str = "deeper"
+    voice_fp16: bool = False
+    pitch_semitones: float = Field(0.0, ge=-24.0, le=24.0)
+    formant_shift: float = Field(1.0, ge=0.5, le=2.0)
+
+    # --- models ---------------------------------------------------------------------------------
+    model_dir: Path = Field(default_factory=default_model_dir)
+    inswapper_url: str | None = None
+    codeformer_url: str | None = None
+    scrfd_url: str | None = None
+    arcface_url: str | None = None
+    rmvpe_url: str | None = None
+    contentvec_url: str | None = None
+
+    # --- batching -------------------------------------------------------------------------------
+    batch_max_size: int = Field(8, ge=1, le=64)
+    batch_wait_s: float = Field(0.002, ge=0.0, le=0.1)
+
+    # --- test-only ------------------------------------------------------------------------------
+    test_hooks: bool = Field(False, description="test-only: allow changing stage delays at run time")
+    test_delay_ms: dict[str, float] = Field(
+        default_factory=dict, description="test-only: extra ms added per call to a stage (detect/swap/enhance/voice)"
+    )
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _chunk_bounds(self) -> MirageSettings:
+        if not self.min_chunk_ms <= self.chunk_ms <= self.max_chunk_ms:
+            raise ValueError(
+                f"chunk_ms must lie in [min_chunk_ms, max_chunk_ms] = [{self.min_chunk_ms}, {self.max_chunk_ms}],"
+                f" got {self.chunk_ms}"
+            )
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS
+
+    def with_overrides(self, **overrides: object) -> MirageSettings:
+        """A validated copy with some fields replaced (serve_config.yaml args, tests)."""
+        merged = self.model_dump()
+        merged.update(overrides)
+        return MirageSettings.model_validate(merged)
+
+
+def load_settings(**overrides: object) -> MirageSettings:
+    """Environment first, then explicit overrides (e.g. serve_config.yaml ``args``)."""
+    return MirageSettings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,225 @@
+"""Wire format of protocol v1 (docs/protocol.md): binary header, control messages, close codes.
+
+Nothing else in the code base slices bytes or builds protocol JSON by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+PROTOCOL_VERSION = 1
+SUBPROTOCOL = "mirage.v1"
+BEARER_PREFIX = "bearer."
+HEADER = struct.Struct("<BBHIq")
+HEADER_SIZE = HEADER.size  # 16 bytes
+FLAG_PASSTHROUGH = 0x01
+UINT32_MOD = 1 << 32
+PCM_SAMPLE_BYTES = 2
+SAMPLES_PER_10MS = 160
+
+
+class Kind(IntEnum):
+    VIDEO = 1
+    AUDIO = 2
+    REFERENCE = 3
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    POLICY = 1008  # authentication failed, origin not allowed
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    TRY_AGAIN = 1013
+    TOKEN_EXPIRED = 4001
+    PROTOCOL_ERROR = 4002
+    ABANDONED = 4003
+    RATE_LIMITED = 4029
+
+
+class ErrorCode:
+    """``code`` values of non-fatal ``error`` messages."""
+
+    BAD_HEADER = "bad_header"
+    BAD_KIND = "bad_kind"
+    BAD_PAYLOAD = "bad_payload"
+    BAD_JSON = "bad_json"
+    BAD_SETTING = "bad_setting"
+    RATE_LIMITED = "rate_limited"
+    STAGE_FAILED = "stage_failed"
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow protocol v1; ``code`` is an :class:`ErrorCode` value."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Header:
+    kind: int
+    flags: int
+    seq: int
+    capture_us: int
+
+    @property
+    def passthrough(self) -> bool:
+        return bool(self.flags & FLAG_PASSTHROUGH)
+
+
+def pack(kind: int, seq: int, capture_us: int, payload: bytes, flags: int = 0) -> bytes:
+    """One binary message: 16-byte little-endian header + payload."""
+    return HEADER.pack(int(kind), flags, 0, seq % UINT32_MOD, capture_us) + payload
+
+
+def unpack(message: bytes) -> tuple[Header, bytes]:
+    """Header and payload of a binary message; raises :class:`ProtocolError` on a malformed header."""
+    if len(message) < HEADER_SIZE:
+        raise ProtocolError(ErrorCode.BAD_HEADER, f"binary message shorter than the {HEADER_SIZE}-byte header")
+    kind, flags, reserved, seq, capture_us = HEADER.unpack_from(message)
+    if kind not in Kind._value2member_map_:
+        raise ProtocolError(ErrorCode.BAD_KIND, f"unknown kind {kind}; allowed: 1 video, 2 audio, 3 reference")
+    if reserved != 0:
+        raise ProtocolError(ErrorCode.BAD_HEADER, "reserved header bytes 2-3 must be 0")
+    return Header(kind, flags, seq, capture_us), bytes(message[HEADER_SIZE:])
+
+
+def parse_text(text: str) -> dict[str, Any]:
+    """A client JSON message; raises :class:`ProtocolError` unless it is an object with a string ``type``."""
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text message is not JSON: {exc.msg}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError(ErrorCode.BAD_JSON, "text message must be a JSON object with a string 'type'")
+    return message
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def hello(
+    session_id: str,
+    audio: dict[str, Any],
+    video: dict[str, Any],
+    limits: dict[str, Any],
+    backends: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "session_id": session_id,
+        "protocol": PROTOCOL_VERSION,
+        "audio": audio,
+        "video": video,
+        "limits": limits,
+        "backends": backends,
+        **extra,
+    }
+
+
+def reference_reply(ok: bool, faces: int, error: str | None = None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"type": "reference", "ok": ok, "faces": faces}
+    if error is not None:
+        reply["error"] = error
+    return reply
+
+
+def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+def directive(reason: str, audio_chunk_ms: int | None = None, video: dict[str, Any] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "directive", "reason": reason}
+    if audio_chunk_ms is not None:
+        message["audio_chunk_ms"] = audio_chunk_ms
+    if video is not None:
+        message["video"] = video
+    return message
+
+
+def pong(t: Any) -> dict[str, Any]:
+    return {"type": "pong", "t": t}
+
+
+def stats(body: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "stats", **body}
+
+
+def bearer_from_subprotocols(offered: list[str]) -> str | None:
+    """The JWT offered as ``bearer.<JWT>`` among the client's subprotocols, if any."""
+    for item in offered:
+        if item.startswith(BEARER_PREFIX) and len(item) > len(BEARER_PREFIX):
+            return item[len(BEARER_PREFIX) :]
+    return None
+
+
+# --- settings (client -> server) -------------------------------------------------------------------
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "max_faces": (1, 16),
+    "fidelity": (0.0, 1.0),
+    "pitch_semitones": (-24.0, 24.0),
+    "formant_shift": (0.5, 2.0),
+}
+BOOL_SETTINGS = ("swap", "enhance")
+STRING_SETTINGS = ("voice",)
+
+
+def parse_settings(message: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Valid settings from a ``settings`` message, and one human message per refused field (with its range).
+
+    Unknown fields are ignored (forward compatibility); a refused field leaves the previous value in force.
+    """
+    accepted: dict[str, Any] = {}
+    refused: list[str] = []
+    for name, (low, high) in SETTING_RANGES.items():
+        if name not in message:
+            continue
+        value = message[name]
+        integer = name == "max_faces"
+        valid_type = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not valid_type or not low <= value <= high:
+            kind = "an integer" if integer else "a number"
+            refused.append(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
+        else:
+            accepted[name] = int(value) if integer else float(value)
+    for name in BOOL_SETTINGS:
+        if name in message:
+            if isinstance(message[name], bool):
+                accepted[name] = message[name]
+            else:
+                refused.append(f"{name} must be true or false, got {message[name]!r}")
+    for name in STRING_SETTINGS:
+        if name in message:
+            if isinstance(message[name], str) and 0 < len(message[name]) <= 64:
+                accepted[name] = message[name]
+            else:
+                refused.append(f"{name} must be a voice name (1-64 characters), got {message[name]!r}")
+    return accepted, refused
+
+
+# --- media messages as typed values ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Media:
+    """One binary message as a value: what the session sees instead of bytes."""
+
+    kind: Kind
+    seq: int
+    capture_us: int
+    payload: bytes
+    flags: int = 0
+
+
+def parse_media(message: bytes) -> Media:
+    header, payload = unpack(message)
+    return Media(Kind(header.kind), header.seq, header.capture_us, payload, header.flags)
+
+
+def pack_media(media: Media) -> bytes:
+    return pack(media.kind, media.seq, media.capture_us, media.payload, media.flags)

@@ -1,0 +1,178 @@
+"""Authentication and abuse limits: JWT verification, token buckets, frame guard, invalid-frame window."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import jwt
+
+from mirage_ray.config import MirageSettings
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+REQUIRED_CLAIMS = ("exp", "sub", "aud")
+AUTO_SECRET_BYTES = 32
+
+
+class AuthError(Exception):
+    """The token is missing or invalid; the message never contains the token."""
+
+
+class ConfigurationError(RuntimeError):
+    """The server cannot start safely with this configuration; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified token belongs to."""
+
+    subject: str
+    expires_at: float  # unix seconds
+
+
+class TokenVerifier:
+    """Verifies JWTs with the algorithm pinned by configuration (``none`` is never accepted)."""
+
+    def __init__(self, key: str, algorithm: str, audience: str, issuer: str | None, leeway_s: float = 5.0) -> None:
+        self._key = key
+        self._algorithm = algorithm
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway_s = leeway_s
+
+    @property
+    def algorithm(self) -> str:
+        return self._algorithm
+
+    def verify(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthError("missing token")
+        required = [*REQUIRED_CLAIMS, "iss"] if self._issuer else list(REQUIRED_CLAIMS)
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway_s,
+                options={"require": required, "verify_nbf": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {type(exc).__name__}") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise AuthError("invalid token: missing sub")
+        return Principal(subject=subject, expires_at=float(claims["exp"]))
+
+
+class TokenIssuer:
+    """Signs tokens for the configured HMAC secret (``mirage-ray token``, the local page's token)."""
+
+    def __init__(self, secret: str, algorithm: str, audience: str, issuer: str | None) -> None:
+        if algorithm not in HMAC_ALGORITHMS:
+            raise ConfigurationError(f"can only issue tokens for HMAC algorithms {sorted(HMAC_ALGORITHMS)}")
+        self._secret = secret
+        self._algorithm = algorithm
+        self._audience = audience
+        self._issuer = issuer
+
+    def issue(self, subject: str, ttl_s: float, now: float | None = None) -> str:
+        issued = time.time() if now is None else now
+        claims: dict[str, object] = {
+            "sub": subject,
+            "aud": self._audience,
+            "iat": int(issued),
+            "nbf": int(issued),
+            "exp": int(issued + ttl_s),
+        }
+        if self._issuer:
+            claims["iss"] = self._issuer
+        return jwt.encode(claims, self._secret, algorithm=self._algorithm)
+
+
+@dataclass(frozen=True)
+class AuthSetup:
+    verifier: TokenVerifier
+    issuer: TokenIssuer | None  # present when the server can sign tokens itself
+    auto_secret: bool  # True: a random secret made at start (loopback only), the page gets tokens
+
+
+def build_auth(settings: MirageSettings, auto_secret: str | None = None) -> AuthSetup:
+    """Verifier (and issuer, for HMAC) from settings; refuses a non-loopback bind without a configured key.
+
+    ``auto_secret`` is the random secret made once at start for a loopback bind with no configured key; the caller
+    passes the same value to every replica.
+    """
+    algorithm = settings.jwt_algorithm
+    if algorithm in HMAC_ALGORITHMS:
+        secret = settings.jwt_secret
+        auto = False
+        if not secret:
+            if not settings.is_loopback:
+                raise ConfigurationError(
+                    f"refusing to serve on {settings.host} without a JWT key: set MIRAGE_JWT_SECRET (HS256) or "
+                    "MIRAGE_JWT_PUBLIC_KEY with MIRAGE_JWT_ALGORITHM=RS256/ES256, or bind to 127.0.0.1"
+                )
+            secret = auto_secret or secrets.token_urlsafe(AUTO_SECRET_BYTES)
+            auto = True
+        verifier = TokenVerifier(secret, algorithm, settings.jwt_audience, settings.jwt_issuer, settings.jwt_leeway_s)
+        issuer = TokenIssuer(secret, algorithm, settings.jwt_audience, settings.jwt_issuer)
+        return AuthSetup(verifier, issuer, auto)
+    if not settings.jwt_public_key:
+        raise ConfigurationError(f"MIRAGE_JWT_ALGORITHM={algorithm} needs MIRAGE_JWT_PUBLIC_KEY (PEM)")
+    verifier = TokenVerifier(
+        settings.jwt_public_key, algorithm, settings.jwt_audience, settings.jwt_issuer, settings.jwt_leeway_s
+    )
+    return AuthSetup(verifier, None, False)
+
+
+class TokenBucket:
+    """Classic token bucket; ``allow(now)`` spends one token if available."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        if self._last is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return True
+        return False
+
+
+class InvalidFrameWindow:
+    """Fraction of invalid messages over the last ``size``; abandon above ``ratio`` once the window is full."""
+
+    def __init__(self, size: int = 200, ratio: float = 0.30) -> None:
+        self._flags: deque[bool] = deque(maxlen=size)
+        self._ratio = ratio
+        self.invalid_total = 0
+
+    def record(self, invalid: bool) -> None:
+        self._flags.append(invalid)
+        self.invalid_total += int(invalid)
+
+    @property
+    def invalid_ratio(self) -> float:
+        return sum(self._flags) / len(self._flags) if self._flags else 0.0
+
+    @property
+    def should_abandon(self) -> bool:
+        return len(self._flags) == self._flags.maxlen and self.invalid_ratio > self._ratio
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """True when no allowlist is configured, or the Origin header is on it."""
+    if not allowed:
+        return True
+    return origin is not None and origin.rstrip("/") in {a.rstrip("/") for a in allowed}

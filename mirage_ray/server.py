@@ -1,0 +1,142 @@
+"""The HTTP + WebSocket front door (Starlette): web client, health, readiness, stats, page token, ``/ws``.
+
+Built by the Serve ingress deployment (actors/ingress.py) with Ray-backed stages, or in-process by tests with
+:class:`~mirage_ray.stages.LocalStages`. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from mirage_ray import protocol
+from mirage_ray.config import LOOPBACK_HOSTS, MirageSettings
+from mirage_ray.metrics import MetricsSink, aggregate
+from mirage_ray.protocol import CloseCode
+from mirage_ray.security import AuthError, AuthSetup, TokenBucket, origin_allowed
+from mirage_ray.session import Session
+from mirage_ray.stages import Stages
+from mirage_ray.transport import Connection, ControllerPush
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
+PAGE_TOKEN_SUBJECT = "local-page"
+
+
+@dataclass
+class ServerContext:
+    """Everything the front door needs, injected."""
+
+    settings: MirageSettings
+    auth: AuthSetup
+    stages: Stages
+    backends: dict[str, Any]
+    readiness: Callable[[], Awaitable[dict[str, Any]]]
+    controller_push: ControllerPush | None = None
+    on_session_end: Callable[[Session], None] | None = None
+    metrics_sink: MetricsSink | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=lambda: {"sessions_started": 0, "sessions_refused": 0})
+
+
+def build_app(ctx: ServerContext) -> Starlette:
+    """The Starlette application for one ingress replica."""
+    connections = TokenBucket(ctx.settings.max_connections_per_s, ctx.settings.connection_burst)
+
+    async def index(_: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html")
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(_: Request) -> Response:
+        report = await ctx.readiness()
+        ready = all(stage.get("ready", False) for stage in report.values())
+        return JSONResponse({"ready": ready, "stages": report}, status_code=200 if ready else 503)
+
+    async def stats(_: Request) -> Response:
+        live = list(ctx.sessions.values())
+        return JSONResponse(
+            {
+                "sessions": len(live),
+                "capacity": ctx.settings.sessions_per_replica,
+                "totals": ctx.totals,
+                "aggregate": aggregate([s.last_summary for s in live if s.last_summary is not None]),
+                "per_session": {s.id: s.stats_message() for s in live},
+                "backends": ctx.backends,
+            }
+        )
+
+    async def page_token(request: Request) -> Response:
+        client = request.client.host if request.client else None
+        if not ctx.auth.auto_secret or ctx.auth.issuer is None or client not in LOOPBACK_HOSTS:
+            return JSONResponse({"error": "no page token: use a token from your administrator"}, status_code=404)
+        ttl = ctx.settings.page_token_ttl_s
+        return JSONResponse({"token": ctx.auth.issuer.issue(PAGE_TOKEN_SUBJECT, ttl), "expires_in": ttl})
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        offered = list(websocket.scope.get("subprotocols") or [])
+        subprotocol = protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None
+
+        async def refuse(code: int, reason: str) -> None:
+            ctx.totals["sessions_refused"] += 1
+            logger.info("refused a WebSocket: %d %s", code, reason)
+            await websocket.accept(subprotocol=subprotocol)
+            await websocket.close(code, reason)
+
+        if not origin_allowed(websocket.headers.get("origin"), ctx.settings.allowed_origins):
+            await refuse(CloseCode.POLICY, "origin not allowed")
+            return
+        if not connections.allow(time.monotonic()):
+            await refuse(CloseCode.RATE_LIMITED, "connection rate limit exceeded")
+            return
+        token = protocol.bearer_from_subprotocols(offered) or websocket.query_params.get("token")
+        try:
+            principal = ctx.auth.verifier.verify(token)
+        except AuthError as exc:
+            await refuse(CloseCode.POLICY, f"authentication failed: {exc}")
+            return
+        if len(ctx.sessions) >= ctx.settings.sessions_per_replica:
+            await refuse(CloseCode.TRY_AGAIN, "server at capacity, try again later")
+            return
+        await websocket.accept(subprotocol=subprotocol)
+        session = Session(ctx.settings, ctx.stages, ctx.backends, subject=principal.subject, sink=ctx.metrics_sink)
+        ctx.sessions[session.id] = session
+        ctx.totals["sessions_started"] += 1
+        logger.info("session %s started for %s", session.id, principal.subject)
+        try:
+            await Connection(websocket, session, principal.expires_at, ctx.controller_push).run()
+        except Exception:
+            logger.exception("session %s: internal error", session.id)
+            try:
+                await websocket.close(CloseCode.INTERNAL, "internal error")
+            except Exception:  # already closed
+                logger.debug("session %s: socket already closed", session.id)
+        finally:
+            ctx.sessions.pop(session.id, None)
+            if ctx.on_session_end is not None:
+                ctx.on_session_end(session)
+            logger.info("session %s ended", session.id)
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/v1/stats", stats),
+        Route("/v1/page-token", page_token),
+        WebSocketRoute("/ws", websocket_endpoint),
+        Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"),
+    ]
+    return Starlette(routes=routes)

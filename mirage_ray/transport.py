@@ -1,0 +1,195 @@
+"""One WebSocket connection's I/O loops around a :class:`Session`.
+
+The socket is read in one loop; video and audio are processed by two workers so audio never waits behind video:
+- video keeps a one-frame slot: a frame that arrives while the previous one is still in the pipeline replaces
+  the waiting one (the replaced frame is counted as dropped, reason ``busy``), so video latency stays constant;
+- audio is processed strictly in order; when more than ``AUDIO_BACKLOG_BLOCKS`` chunks are waiting, the backlog is
+  answered without conversion (passthrough, flagged) so latency returns to normal instead of growing. No sample is
+  ever dropped.
+A ticker sends ``stats`` about once a second, pushes the session summary to the controller, and closes the
+socket with 4001 when the token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from mirage_ray import protocol
+from mirage_ray.protocol import CloseCode, Kind, Media, ProtocolError
+from mirage_ray.session import Outgoing, Session
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+AUDIO_BACKLOG_BLOCKS = 3  # chunks waiting beyond this are answered in passthrough to keep latency constant
+CONTROLLER_TIMEOUT_S = 0.5
+
+
+class SocketLike(Protocol):
+    """The part of a Starlette WebSocket the loops use (tests substitute their own)."""
+
+    async def receive(self) -> dict[str, Any]: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+ControllerPush = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+class Connection:
+    """Runs one session over one socket until either side closes."""
+
+    def __init__(
+        self,
+        socket: SocketLike,
+        session: Session,
+        expires_at: float | None = None,
+        controller_push: ControllerPush | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._socket = socket
+        self._session = session
+        self._expires_at = expires_at
+        self._controller_push = controller_push
+        self._wall_clock = wall_clock
+        self._send_lock = asyncio.Lock()
+        self._video_slot: Media | None = None
+        self._video_ready = asyncio.Event()
+        self._audio_queue: asyncio.Queue[Media] = asyncio.Queue()
+        self._closing: tuple[int, str] | None = None
+        self._closed = False
+
+    async def run(self) -> None:
+        await self._send([self._session.hello()])
+        workers = [
+            asyncio.create_task(self._video_worker(), name="video"),
+            asyncio.create_task(self._audio_worker(), name="audio"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+        ]
+        try:
+            await self._receive_loop()
+        finally:
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self._closing is not None and not self._closed:
+                code, reason = self._closing
+                with contextlib.suppress(Exception):
+                    await self._socket.close(code, reason)
+            self._closed = True
+
+    def _close(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = (code, reason)
+            logger.info("session %s closing: %d %s", self._session.id, code, reason)
+
+    async def _receive_loop(self) -> None:
+        session = self._session
+        while self._closing is None:
+            message = await self._socket.receive()
+            if message["type"] == "websocket.disconnect":
+                self._closed = True
+                return
+            raw_bytes, text = message.get("bytes"), message.get("text")
+            size = len(raw_bytes) if raw_bytes is not None else len(text or "")
+            if size > session.settings.max_frame_bytes:
+                self._close(CloseCode.TOO_BIG, f"message larger than max_frame_bytes={session.settings.max_frame_bytes}")
+                return
+            if not session.admit(time.monotonic()):
+                self._close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
+                return
+            if raw_bytes is not None:
+                await self._dispatch_binary(raw_bytes)
+            elif text is not None:
+                await self._send(session.on_text(text))
+            if session.close_code is not None:
+                self._close(session.close_code, session.close_reason)
+                return
+
+    async def _dispatch_binary(self, raw: bytes) -> None:
+        try:
+            media = protocol.parse_media(raw)
+        except ProtocolError as exc:
+            await self._send(self._session.on_invalid(exc))
+            return
+        if media.kind == Kind.VIDEO:
+            if self._video_slot is not None:
+                self._session.count_video_drop("busy")
+            self._video_slot = media
+            self._video_ready.set()
+        elif media.kind == Kind.AUDIO:
+            self._audio_queue.put_nowait(media)
+        else:
+            # reference uploads are rare and answered in order with video (they use the same stages)
+            await self._send(await self._session.on_reference(media))
+
+    async def _video_worker(self) -> None:
+        while True:
+            await self._video_ready.wait()
+            self._video_ready.clear()
+            media, self._video_slot = self._video_slot, None
+            if media is not None:
+                await self._send(await self._session.on_video(media))
+
+    async def _audio_worker(self) -> None:
+        while True:
+            media = await self._audio_queue.get()
+            late = self._audio_queue.qsize() >= AUDIO_BACKLOG_BLOCKS
+            await self._send(await self._session.on_audio(media, late=late))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if self._expires_at is not None and self._wall_clock() >= self._expires_at:
+                self._close(CloseCode.TOKEN_EXPIRED, "token expired")
+                await self._socket_close_now()
+                return
+            self._session.set_backlog(audio=self._audio_queue.qsize(), video=int(self._video_slot is not None))
+            await self._send([self._session.stats_message()])
+            if self._controller_push is not None:
+                await self._push_to_controller()
+
+    async def _push_to_controller(self) -> None:
+        try:
+            directive = await asyncio.wait_for(
+                self._controller_push(self._session.summary()), timeout=CONTROLLER_TIMEOUT_S
+            )
+        except Exception as exc:  # controller down or slow: the session keeps its local rules
+            self._session.controller_unreachable(str(exc) or type(exc).__name__)
+            return
+        if directive:
+            await self._send(self._session.apply_controller(directive))
+
+    async def _socket_close_now(self) -> None:
+        """Close from a worker: the receive loop is blocked in receive(), closing the socket ends it."""
+        if self._closing is None or self._closed:
+            return
+        code, reason = self._closing
+        with contextlib.suppress(Exception):
+            await self._socket.close(code, reason)
+        self._closed = True
+
+    async def _send(self, messages: list[Outgoing]) -> None:
+        if not messages or self._closed:
+            return
+        async with self._send_lock:
+            for message in messages:
+                try:
+                    if isinstance(message, Media):
+                        await self._socket.send_bytes(protocol.pack_media(message))
+                    else:
+                        await self._socket.send_text(protocol.dumps(message))
+                except Exception:  # the peer went away; the receive loop sees the disconnect
+                    self._closed = True
+                    return

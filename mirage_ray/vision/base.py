@@ -1,0 +1,43 @@
+"""The small protocols every video backend implements (one file per backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mirage_ray.vision.faces import Face, SourceIdentity
+
+
+class ReferenceRejected(ValueError):
+    """The uploaded reference cannot become an identity; the message is shown to the user."""
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """BGR uint8 image in, faces out (frame coordinates, best first)."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+@runtime_checkable
+class Swapper(Protocol):
+    """Builds an identity from a reference face, and swaps it onto target faces."""
+
+    name: str
+
+    def identity(self, image: np.ndarray, face: Face) -> SourceIdentity: ...
+
+    def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Enhancer(Protocol):
+    """Aligned 512x512 BGR uint8 face crops in (N, 512, 512, 3), restored crops out, same shape."""
+
+    name: str
+
+    def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray: ...

@@ -1,0 +1,269 @@
+"""InSwapper 128 (production swapper): ArcFace identity embedding + the inswapper ONNX model, bbox-local paste-back.
+
+Both models load through ``insightface.model_zoo.get_model`` (or from ready onnxruntime sessions), so insightface's
+own ``INSwapper`` / ``ArcFaceONNX`` classes hold the sessions, I/O names and ``emap``. Pre- and post-processing are
+ours: one 128x128 similarity crop per face, and a paste-back that touches only the face's bounding box (insightface's
+own paste-back warps the whole frame three times per face).
+
+Every output is checked (NaN/inf, out of range, black or near-constant). The fp16 file is known to produce such
+outputs on some onnxruntime versions and providers: then, when an fp32 file is given, the swapper switches to it for
+good and says why in :attr:`InSwapper.degraded_reason`; otherwise that face is left unswapped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from insightface.model_zoo import get_model
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.inswapper import INSwapper as InsightINSwapper
+
+from mirage_ray.vision.align import (
+    ARCFACE_TEMPLATE_112,
+    INSWAPPER_TEMPLATE_128,
+    crop_mask,
+    paste_back,
+    warp_face,
+)
+from mirage_ray.vision.base import ReferenceRejected
+from mirage_ray.vision.faces import Face, SourceIdentity
+
+logger = logging.getLogger(__name__)
+
+INSWAPPER_NAME = "inswapper-128"
+INSWAPPER_FP16_NAME = "inswapper-128-fp16"
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+ARCFACE_CROP_PX = 112
+SWAP_CROP_PX = 128
+MIN_REFERENCE_FACE_PX = 64  # smaller reference faces give unreliable embeddings
+# Paste-back mask in the 128 crop: eroded by 10% and feathered over 10% (insightface erodes by size // 10 too).
+PASTE_MARGIN_FRACTION = 0.10
+PASTE_FEATHER_FRACTION = 0.10
+BOX_INSET_PX = 2  # the face box mask stays this far (crop px) inside the box after feathering: nothing leaks out
+# Output sanity (the model's output is RGB in [0, 1]).
+SANE_RANGE = (-0.25, 1.25)
+MAX_OUT_OF_RANGE_FRACTION = 0.01
+MIN_OUTPUT_MEAN = 0.02  # darker than this on average: a black box
+MIN_OUTPUT_STD = 0.01  # flatter than this: a constant image
+
+_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class SwapModelError(RuntimeError):
+    """A model file is not what the swapper needs (wrong signature, missing emap)."""
+
+
+def output_problem(pred: np.ndarray) -> str | None:
+    """Why a swapper output (N, 3, H, W) in [0, 1] is not a usable face, or None when it is."""
+    values = np.asarray(pred, np.float32)
+    if not np.all(np.isfinite(values)):
+        return "output contains NaN or inf"
+    low, high = SANE_RANGE
+    outside = float(np.mean((values < low) | (values > high)))
+    if outside > MAX_OUT_OF_RANGE_FRACTION:
+        return f"{outside:.1%} of output values outside [{low}, {high}]"
+    if float(values.mean()) < MIN_OUTPUT_MEAN:
+        return "output is black"
+    if float(values.std()) < MIN_OUTPUT_STD:
+        return "output is near-constant"
+    return None
+
+
+def latent_for(embedding: np.ndarray, emap: np.ndarray) -> np.ndarray:
+    """InSwapper's source input: normalize(embedding @ emap), float32 (1, D)."""
+    latent = np.asarray(embedding, np.float32).reshape(1, -1) @ np.asarray(emap, np.float32)
+    norm = float(np.linalg.norm(latent))
+    if not np.isfinite(norm) or norm <= 0.0:
+        raise ValueError("identity embedding maps to a zero latent")
+    return latent / norm
+
+
+def box_mask(bbox: np.ndarray, matrix: np.ndarray, size: int, blur: int) -> np.ndarray:
+    """Float32 (size, size) mask in crop coordinates: 1 inside the face box, 0 within ``BOX_INSET_PX`` of its edge."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x2, y2, 1], [x1, y2, 1]], np.float32) @ matrix.T
+    mask = np.zeros((size, size), np.uint8)
+    shift = 4
+    cv2.fillConvexPoly(mask, np.round(corners * (1 << shift)).astype(np.int32), 255, cv2.LINE_8, shift)
+    inset = BOX_INSET_PX + blur // 2
+    mask = cv2.erode(mask, np.ones((2 * inset + 1, 2 * inset + 1), np.uint8))
+    return cv2.GaussianBlur(mask, (blur, blur), 0).astype(np.float32) / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """One loaded swapper file with what a forward pass needs."""
+
+    path: Path
+    swapper: Any  # insightface INSwapper
+    emap: np.ndarray
+    target_dtype: type
+    source_dtype: type
+
+
+class InSwapper:
+    """InSwapper 128 + ArcFace R50; thread-safe, and stateless across sessions (only health counters change)."""
+
+    def __init__(
+        self,
+        inswapper_path: str | Path,
+        arcface_path: str | Path,
+        providers: Sequence[Any] | None = None,
+        precision: str = "fp32",
+        fp32_fallback_path: str | Path | None = None,
+        *,
+        inswapper_session: Any | None = None,
+        arcface_session: Any | None = None,
+        session_options: Any | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.name = INSWAPPER_FP16_NAME if precision == "fp16" else INSWAPPER_NAME
+        self.precision = precision
+        self._providers = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
+        self._session_options = session_options
+        self._fallback_path = Path(fp32_fallback_path) if fp32_fallback_path is not None else None
+        self._arcface = self._load(Path(arcface_path), ArcFaceONNX, arcface_session)
+        self._model = self._load_swapper(Path(inswapper_path), inswapper_session)
+        self._fallback: _Model | None = None
+        self._lock = threading.Lock()
+        self._paste_mask = crop_mask(SWAP_CROP_PX, PASTE_FEATHER_FRACTION, PASTE_MARGIN_FRACTION)
+        self._mask_blur = max(3, int(round(SWAP_CROP_PX * PASTE_FEATHER_FRACTION / 2))) | 1
+        self.degraded_reason: str | None = None  # set once the fp32 fallback replaced the fp16 model
+        self.sanity_failures = 0  # outputs that failed the sanity check
+        self.unswapped_faces = 0  # faces returned unswapped because no sane output could be had
+
+    # ---- loading ----------------------------------------------------------------------------------------------
+    def _load(self, path: Path, expected: type, session: Any | None) -> Any:
+        if session is not None:
+            return expected(model_file=str(path), session=session)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model file {path.name} not found at {path}; fetch it with: mirage-ray models fetch"
+            )
+        kwargs: dict[str, Any] = {"providers": self._providers}
+        if self._session_options is not None:
+            kwargs["sess_options"] = self._session_options
+        model = get_model(str(path), **kwargs)
+        if not isinstance(model, expected):
+            raise SwapModelError(
+                f"{path} does not have the {expected.__name__} signature (insightface routed it to "
+                f"{type(model).__name__})"
+            )
+        return model
+
+    def _load_swapper(self, path: Path, session: Any | None = None) -> _Model:
+        swapper = self._load(path, InsightINSwapper, session)
+        inputs = swapper.session.get_inputs()
+        emap = np.asarray(swapper.emap, np.float32)
+        source_dim = inputs[1].shape[-1]
+        if emap.ndim != 2 or (isinstance(source_dim, int) and emap.shape[1] != source_dim):
+            raise SwapModelError(f"{path}: last initializer {emap.shape} is not an emap for a {source_dim}-d source")
+        dtypes = [_NP_DTYPES.get(inp.type) for inp in inputs[:2]]
+        if None in dtypes:
+            raise SwapModelError(f"{path}: unsupported input types {[inp.type for inp in inputs[:2]]}")
+        return _Model(path, swapper, emap, dtypes[0], dtypes[1])
+
+    # ---- identity -----------------------------------------------------------------------------------------------
+    def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
+        """ArcFace embedding (L2-normalised, 512-d) of the reference face on its 112x112 aligned crop."""
+        _check_image(image)
+        if face.size < MIN_REFERENCE_FACE_PX:
+            raise ReferenceRejected(
+                f"The face in the reference photo is too small ({face.size:.0f} px); "
+                f"use a photo where the face is at least {MIN_REFERENCE_FACE_PX} px across."
+            )
+        crop, _ = warp_face(image, face.kps, ARCFACE_TEMPLATE_112, ARCFACE_CROP_PX)
+        embedding = np.asarray(self._arcface.get_feat(crop), np.float32).reshape(-1)
+        norm = float(np.linalg.norm(embedding))
+        if not np.isfinite(norm) or norm <= 0.0:
+            raise ReferenceRejected("No identity could be computed from the reference face; try another photo.")
+        if embedding.shape[0] != self._model.emap.shape[0]:
+            raise SwapModelError(
+                f"ArcFace gives {embedding.shape[0]}-d embeddings, emap expects {self._model.emap.shape[0]}"
+            )
+        normed = embedding / norm
+        return SourceIdentity(backend=self.name, face=dataclasses.replace(face, embedding=normed), embedding=normed)
+
+    # ---- swap -----------------------------------------------------------------------------------------------------
+    def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
+        """A new image with each face replaced by ``identity``; only pixels inside each face's box can change."""
+        _check_image(image)
+        if identity.embedding is None:
+            raise ValueError(f"identity from backend {identity.backend!r} has no embedding; build it with identity()")
+        out = image.copy()
+        for face in faces:
+            crop, matrix = warp_face(image, face.kps, INSWAPPER_TEMPLATE_128, SWAP_CROP_PX)
+            swapped = self._swap_crop(crop, identity.embedding)
+            if swapped is None:
+                continue
+            mask = self._paste_mask * box_mask(face.bbox, matrix, SWAP_CROP_PX, self._mask_blur)
+            out = paste_back(out, swapped, matrix, mask)
+        return out
+
+    def _swap_crop(self, crop: np.ndarray, embedding: np.ndarray) -> np.ndarray | None:
+        """The swapped 128 crop (BGR uint8), falling back to fp32 on a bad fp16 output; None if nothing sane."""
+        model = self._fallback or self._model
+        pred = self._forward(model, crop, embedding)
+        problem = output_problem(pred)
+        if problem is None:
+            return _to_bgr(pred)
+        self._count_failure(model, problem)
+        if model is self._model and self.precision == "fp16" and self._fallback_path is not None:
+            fallback = self._use_fallback(problem)
+            pred = self._forward(fallback, crop, embedding)
+            problem = output_problem(pred)
+            if problem is None:
+                return _to_bgr(pred)
+            self._count_failure(fallback, problem)
+        with self._lock:
+            self.unswapped_faces += 1
+        return None
+
+    @staticmethod
+    def _forward(model: _Model, crop: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        blob = cv2.dnn.blobFromImage(crop, 1.0 / 255.0, (SWAP_CROP_PX, SWAP_CROP_PX), (0, 0, 0), swapRB=True)
+        latent = latent_for(embedding, model.emap)
+        swapper = model.swapper
+        feeds = {
+            swapper.input_names[0]: blob.astype(model.target_dtype),
+            swapper.input_names[1]: latent.astype(model.source_dtype),
+        }
+        return swapper.session.run(swapper.output_names, feeds)[0]
+
+    def _count_failure(self, model: _Model, problem: str) -> None:
+        with self._lock:
+            self.sanity_failures += 1
+            count = self.sanity_failures
+        if count & (count - 1) == 0:  # log the 1st, 2nd, 4th, 8th... failure
+            logger.warning(
+                "swapper output from %s failed the sanity check (%s); %d so far", model.path.name, problem, count
+            )
+
+    def _use_fallback(self, problem: str) -> _Model:
+        with self._lock:
+            if self._fallback is None:
+                self._fallback = self._load_swapper(self._fallback_path)
+                self.degraded_reason = (
+                    f"fp16 output failed the sanity check ({problem}); using fp32 {self._fallback_path.name}"
+                )
+                logger.warning("%s: %s", self.name, self.degraded_reason)
+            return self._fallback
+
+
+def _to_bgr(pred: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(pred[0], np.float32).transpose(1, 2, 0)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)[..., ::-1].copy()
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {getattr(image, 'shape', type(image))}")

@@ -1,0 +1,159 @@
+"""Small synthetic ONNX models with the exact I/O signatures of RMVPE, ContentVec and RVC generator exports.
+
+The real weights cannot be had here; these stand-ins run through the production code paths (onnxruntime sessions,
+names and shapes read from the model) and compute something checkable:
+
+- ``rmvpe_model``: log-mel ``[1, 128, T]`` → salience ``[1, T, 360]``; a tiny mel projection plus a fixed bump at
+  the class of ``f0_hz``, so RMVPE decoding must give that F0 on voiced input.
+- ``content_model``: audio ``[1, 1, N]`` → ``[1, T, C]`` with T = (N − 400) // 320 + 1, one strided convolution
+  (HuBERT's frame geometry), C = 768 or 256.
+- ``generator_model``: the RVC export signature (``phone``/``feats`` [1,T,C] f32, ``phone_lengths``/``p_len`` [1]
+  i64, ``pitch`` [1,T] i64, ``pitchf`` [1,T] f32, ``ds``/``sid`` [1] i64, ``rnd`` [1,192,T]) → ``audio`` [1,1,T·sr/100]:
+  a sine that follows ``pitchf`` (phase = cumulative sum) times ``amplitude``, plus a small term from the features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+N_MELS, N_CLASSES = 128, 360
+CENTS_AT_CLASS0, CENTS_PER_CLASS = 1997.3794084376191, 20.0
+
+
+def _model(nodes, name, inputs, outputs, initializers) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mirage-tests")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` and return the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+    return target
+
+
+def class_of_f0(f0_hz: float) -> int:
+    """RMVPE class whose centre is nearest ``f0_hz``."""
+    cents = 1200.0 * np.log2(f0_hz / 10.0)
+    return int(round((cents - CENTS_AT_CLASS0) / CENTS_PER_CLASS))
+
+
+def f0_of_class(index: int) -> float:
+    """Centre frequency in Hz of RMVPE class ``index``."""
+    return float(10.0 * 2.0 ** ((CENTS_AT_CLASS0 + CENTS_PER_CLASS * index) / 1200.0))
+
+
+def rmvpe_model(f0_hz: float = 220.0, time_major: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """RVC-style ``rmvpe.onnx`` stand-in: input ``input`` log-mel, output ``output`` salience peaked at ``f0_hz``."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((N_MELS, N_CLASSES)) * 1e-4).astype(np.float32)
+    classes = np.arange(N_CLASSES)
+    bias = (-8.0 + 12.0 * np.exp(-0.5 * ((classes - class_of_f0(f0_hz)) / 1.5) ** 2)).astype(np.float32)
+    in_shape = [1, "T", N_MELS] if time_major else [1, N_MELS, "T"]
+    nodes = [] if time_major else [helper.make_node("Transpose", ["input"], ["mel_t"], perm=[0, 2, 1])]
+    nodes += [
+        helper.make_node("MatMul", ["input" if time_major else "mel_t", "w"], ["proj"]),
+        helper.make_node("Add", ["proj", "b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["output"]),
+    ]
+    return _model(
+        nodes,
+        "rmvpe_synthetic",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, "T", N_CLASSES])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+
+
+def content_model(dim: int = 768, seed: int = 1) -> onnx.ModelProto:
+    """ContentVec stand-in: ``source`` [1, 1, N] → ``embed`` [1, T, dim] (20 ms frames, 400-sample receptive field)."""
+    rng = np.random.default_rng(seed)
+    kernel = (rng.standard_normal((dim, 1, 400)) * 0.05).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["source", "k"], ["conv"], strides=[320]),
+        helper.make_node("Transpose", ["conv"], ["embed"], perm=[0, 2, 1]),
+    ]
+    return _model(
+        nodes,
+        f"contentvec_{dim}_synthetic",
+        [helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, 1, "N"])],
+        [helper.make_tensor_value_info("embed", TensorProto.FLOAT, [1, "T", dim])],
+        [numpy_helper.from_array(kernel, "k")],
+    )
+
+
+def generator_model(
+    dim: int = 768,
+    sample_rate: int = 40_000,
+    amplitude: float = 0.3,
+    alt_names: bool = False,
+    with_rnd: bool = True,
+    half: bool = False,
+    seed: int = 2,
+) -> onnx.ModelProto:
+    """RVC generator stand-in with the export signature; ``alt_names`` uses ``feats``/``p_len``/``sid``;
+    ``half`` declares float16 float inputs and output (an fp16 export)."""
+    hop = sample_rate // 100
+    phone, lengths, speaker = ("feats", "p_len", "sid") if alt_names else ("phone", "phone_lengths", "ds")
+    float_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((dim, 1)) * 1e-3).astype(np.float32), "w_phone"),
+        numpy_helper.from_array(np.array([1, 1, hop], dtype=np.int64), "expand_shape"),
+        numpy_helper.from_array(np.array([1, 1, -1], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "unsq_axes"),
+        numpy_helper.from_array(np.array(2.0 * np.pi / sample_rate, dtype=np.float32), "rad_per_hz_sample"),
+        numpy_helper.from_array(np.array(amplitude, dtype=np.float32), "amp"),
+    ]
+    nodes = []
+    if half:
+        nodes += [
+            helper.make_node("Cast", [phone], ["phone32"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["pitchf"], ["pitchf32"], to=TensorProto.FLOAT),
+        ]
+    phone_f, pitchf_f, audio_f = ("phone32", "pitchf32", "audio32") if half else (phone, "pitchf", "audio")
+    nodes += [
+        # phase: repeat pitchf per output sample, integrate
+        helper.make_node("Unsqueeze", [pitchf_f, "unsq_axes"], ["f0_3d"]),
+        helper.make_node("Expand", ["f0_3d", "expand_shape"], ["f0_rep"]),
+        helper.make_node("Reshape", ["f0_rep", "flat_shape"], ["f0_samples"]),
+        helper.make_node("CumSum", ["f0_samples", "axis2"], ["cycles"]),
+        helper.make_node("Mul", ["cycles", "rad_per_hz_sample"], ["phase"]),
+        helper.make_node("Sin", ["phase"], ["sine"]),
+        helper.make_node("Mul", ["sine", "amp"], ["voiced"]),
+        # a small content term: proves the features (and their size) go through
+        helper.make_node("MatMul", [phone_f, "w_phone"], ["content_1"]),
+        helper.make_node("Tanh", ["content_1"], ["content_t"]),
+        helper.make_node("Expand", ["content_t", "expand_shape"], ["content_rep"]),
+        helper.make_node("Reshape", ["content_rep", "flat_shape"], ["content_samples"]),
+        helper.make_node("Add", ["voiced", "content_samples"], [audio_f]),
+    ]
+    if half:
+        nodes.append(helper.make_node("Cast", [audio_f], ["audio"], to=TensorProto.FLOAT16))
+    inputs = [
+        helper.make_tensor_value_info(phone, float_type, [1, "T", dim]),
+        helper.make_tensor_value_info(lengths, TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("pitch", TensorProto.INT64, [1, "T"]),
+        helper.make_tensor_value_info("pitchf", float_type, [1, "T"]),
+        helper.make_tensor_value_info(speaker, TensorProto.INT64, [1]),
+    ]
+    if with_rnd:
+        inputs.append(helper.make_tensor_value_info("rnd", float_type, [1, 192, "T"]))
+    return _model(
+        nodes,
+        f"rvc_generator_{dim}_{sample_rate}_synthetic",
+        inputs,
+        [helper.make_tensor_value_info("audio", float_type, [1, 1, "S"])],
+        inits,
+    )

