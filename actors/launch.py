@@ -91,7 +91,8 @@ def wait_running(address: str, timeout_s: float) -> dict[str, str]:
             if app is not None:
                 statuses = {name: _deployment_state(d) for name, d in app.deployments.items()}
                 if str(app.status.value) == "DEPLOY_FAILED":
-                    raise RuntimeError(f"deployment failed: {app.message}")
+                    details = {n: d.message for n, d in app.deployments.items() if d.message}
+                    raise RuntimeError(f"deployment failed: {app.message} {details}")
                 if statuses and all(value == "RUNNING" for value in statuses.values()) and app.status.value == "RUNNING":
                     return statuses
                 unhealthy = {n: d.message for n, d in app.deployments.items() if d.status.value == "UNHEALTHY"}
@@ -125,7 +126,7 @@ class LocalCluster:
 
     def start(self) -> None:
         command = [
-            "ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+            _tool("ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
             f"--num-cpus={self._num_cpus}", f"--num-gpus={self._num_gpus}", "--include-dashboard=false",
             "--disable-usage-stats", f"--metrics-export-port={self.metrics_port}", f"--temp-dir={self._temp_dir}",
         ]  # fmt: skip
@@ -133,20 +134,27 @@ class LocalCluster:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=_ray_env())
 
     def stop(self) -> None:
-        subprocess.run(["ray", "stop", "--force"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([_tool("ray"), "stop", "--force"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _tool(name: str) -> str:
+    """A console script of this interpreter's environment (works without an activated venv)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
 
 
 def _ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
 def deploy(config: Path, address: str) -> None:
     subprocess.run(
-        ["serve", "run", "--non-blocking", f"--address={address}", str(config)],
+        [_tool("serve"), "run", "--non-blocking", f"--address={address}", str(config)],
         check=True,
         cwd=REPO_ROOT,
         env=_ray_env(),

@@ -83,12 +83,18 @@ def build_detector(settings: MirageSettings, registry: ModelRegistry) -> tuple[D
         from mirage_ray.vision.detect_scrfd import ScrfdDetector
 
         detector: Detector = ScrfdDetector(
-            registry.require("scrfd"), det_size=settings.det_size, providers=onnx_providers(settings)
+            registry.require("scrfd"),
+            det_size=settings.det_size,
+            providers=onnx_providers(settings),
+            threads=settings.onnx_threads or None,
+            score_threshold=settings.det_threshold,
         )
     else:
         from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 
-        detector = RetinaFaceDetector(providers=onnx_providers(settings), threads=settings.onnx_threads)
+        detector = RetinaFaceDetector(
+            providers=onnx_providers(settings), threads=settings.onnx_threads or None, score_threshold=settings.det_threshold
+        )
     return detector, _log(Choice("detector", detector.name, reason, not use_production))
 
 

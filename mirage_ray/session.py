@@ -97,6 +97,7 @@ class Session:
         self.audio_failed = False
         self.metrics = SessionMetrics(self.id, clock(), sink)
         self.last_summary: SessionSummary | None = None
+        self._last_stats = (clock(), 0, 0)  # (time, frames in, frames out) at the previous stats message
         self.samples_in = 0
         self.samples_out = 0
         self.audio_late_blocks = 0
@@ -399,7 +400,16 @@ class Session:
         self.metrics.queue_backlog("outbound", outbound)
 
     def stats_message(self) -> dict[str, Any]:
+        """The ``stats`` message: the metrics' counts and timings plus rates since the previous stats message."""
         body = self.metrics.stats()
+        now = self._clock()
+        last_t, last_in, last_out = self._last_stats
+        elapsed = now - last_t
+        frames_in, frames_out = body["frames"]["in"], body["frames"]["out"]
+        body["fps_in"] = round((frames_in - last_in) / elapsed, 2) if elapsed > 0 else 0.0
+        body["fps_out"] = round((frames_out - last_out) / elapsed, 2) if elapsed > 0 else 0.0
+        self._last_stats = (now, frames_in, frames_out)
+        body["runtime_ratio"] = body["ratio"]
         body["audio"].update(
             chunk_ms=self._audio.chunk_ms,
             samples_in=self.samples_in,

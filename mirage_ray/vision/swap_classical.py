@@ -44,8 +44,8 @@ FOREHEAD_RAISE = 0.07  # forehead points: brows moved up by this fraction of the
 SHAPE_TRANSFER = 0.5  # brows, eyes and nose move this far towards the source's layout (mouth and jaw stay the target's)
 SHAPE_POINTS = slice(17, 48)  # brows, nose, eyes
 RING_MARGIN = 0.15  # boundary ring around the face points, as a fraction of their extent
-MASK_ERODE_FRACTION = 0.03  # hull erosion before feathering, as a fraction of the face size
-MASK_FEATHER_FRACTION = 0.10  # feather (blur) width, as a fraction of the face size
+MASK_ERODE_FRACTION = 0.02  # hull erosion before feathering (plus the feather's half width), as a fraction of the face size
+MASK_FEATHER_FRACTION = 0.08  # feather (blur) width, as a fraction of the face size
 MOUTH_KEEP_FRACTION = 0.015  # inner-lip polygon grown by this fraction of the face size before its own feather
 STD_RATIO_RANGE = (0.5, 2.0)  # clamp of the LAB std ratio in the colour transfer
 STATS_MIN_WEIGHT = 0.5  # pixels with at least this blend weight give the colour statistics
@@ -160,8 +160,8 @@ def blend_weight(points: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarr
     shift = 4
     mask = np.zeros(shape, np.uint8)
     cv2.fillConvexPoly(mask, np.round(hull * (1 << shift)).astype(np.int32), 255, cv2.LINE_8, shift)
-    erode = max(1, int(round(face_size * MASK_ERODE_FRACTION)))
     feather = max(3, int(round(face_size * MASK_FEATHER_FRACTION))) | 1
+    erode = max(1, int(round(face_size * MASK_ERODE_FRACTION))) + feather // 2  # the feather stays inside the hull
     mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode + 1, 2 * erode + 1)))
     mask = cv2.GaussianBlur(mask, (feather, feather), 0)
 

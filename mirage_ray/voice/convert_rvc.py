@@ -222,7 +222,9 @@ class RvcConverter:
             elif name in values:
                 value = values[name]
             else:
-                raise RvcModelError(f"voice {voice.name!r}: unsupported generator input {name!r}; known: {list(values)}")
+                raise RvcModelError(
+                    f"voice {voice.name!r}: unsupported generator input {name!r}; known: {list(values)}"
+                )
             feeds[name] = value.astype(numpy_dtype(arg.type))
         return feeds
 

@@ -88,7 +88,12 @@ class WorldConverter:
                 x, fs, f0_floor=self.f0_floor_hz, f0_ceil=self.f0_ceil_hz, frame_period=self.frame_period_ms
             )
         f0, times = pw.dio(
-            x, fs, f0_floor=self.f0_floor_hz, f0_ceil=self.f0_ceil_hz, frame_period=self.frame_period_ms, speed=DIO_SPEED
+            x,
+            fs,
+            f0_floor=self.f0_floor_hz,
+            f0_ceil=self.f0_ceil_hz,
+            frame_period=self.frame_period_ms,
+            speed=DIO_SPEED,
         )
         return pw.stonemask(x, f0, times, fs), times
 

@@ -118,14 +118,14 @@ class RmvpePitch:
     ) -> None:
         self.session = make_session(model, providers)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 3:
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        if len(shape) != 3 or not (shape[1] == N_MELS or shape[2] == N_MELS or not isinstance(shape[1], int)):
             raise RmvpeError(
                 f"RMVPE ONNX must take one log-mel input [1, {N_MELS}, T]; got "
                 f"{[(i.name, i.shape) for i in inputs]} (waveform-input exports are not supported)"
             )
         self._input = inputs[0].name
         self._input_dtype = numpy_dtype(inputs[0].type)
-        shape = inputs[0].shape
         self._time_major = shape[2] == N_MELS and shape[1] != N_MELS  # [1, T, 128] variant
         self._output = outputs[0].name
         self.threshold = threshold

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 CLICK_HALF_WIDTH = 32  # samples each side of a boundary used as its local reference (2 ms at 16 kHz)
@@ -44,7 +46,7 @@ def _band_energies_db(x: np.ndarray, sample_rate: int) -> np.ndarray:
     power = np.abs(np.fft.rfft(frames * np.hanning(LSD_FFT), axis=1)) ** 2
     freqs = np.fft.rfftfreq(LSD_FFT, 1.0 / sample_rate)
     edges = np.geomspace(*LSD_BANDS_HZ, LSD_N_BANDS + 1)
-    bands = [power[:, (freqs >= lo) & (freqs < hi)].mean(axis=1) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    bands = [power[:, (freqs >= lo) & (freqs < hi)].mean(axis=1) for lo, hi in itertools.pairwise(edges)]
     return 10.0 * np.log10(np.stack(bands, axis=1) + 1e-10)
 
 

@@ -219,7 +219,9 @@ class VoiceStream:
         ``tail``. A gated window always yields silence (faded out from the previous block).
         """
         if window.index != self._completed:
-            raise VoiceStreamError(f"windows must be completed in order: expected {self._completed}, got {window.index}")
+            raise VoiceStreamError(
+                f"windows must be completed in order: expected {self._completed}, got {window.index}"
+            )
         src = self._source_tail(window, converted)
         block = window.block
         if not self.crossfade:

@@ -3,7 +3,7 @@
 
 import * as P from "./protocol.js";
 import { AudioCapture, AudioPlayer, FrameGrabber, MEDIA_CONSTRAINTS } from "./media.js";
-import { collectElements, LogView, overlayRows, RateMeter, renderRows } from "./ui.js";
+import { collectElements, LogView, overlayRows, RateMeter, readControl, renderRows } from "./ui.js";
 
 const PING_INTERVAL_MS = 2000;
 const MAX_UNANSWERED_FRAMES = 2; // back-pressure: hold frames back while more than this many await a reply
@@ -52,7 +52,7 @@ let audioSeq = 0;
 let referenceSeq = 0;
 let lastDrawnSeq = null;
 let lastReferenceBytes = null; // the last reference the server accepted: re-sent after a reconnect
-let pendingReferenceBytes = null;
+let pendingReferenceBytes = null; // chosen, not answered yet
 const unanswered = new Map(); // video seq → performance.now() when sent
 const sentRate = new RateMeter();
 const receivedRate = new RateMeter();
@@ -217,7 +217,8 @@ function onHello(msg) {
   log.add("info", `hello: session ${msg.session_id}, protocol ${msg.protocol}`);
   setState("streaming");
   if (Object.keys(mirage.settingsSent).length) ws.send(P.settingsMessage(mirage.settingsSent));
-  if (lastReferenceBytes) sendReference(lastReferenceBytes, "re-sending the reference photo");
+  const reference = pendingReferenceBytes ?? lastReferenceBytes;
+  if (reference) sendReference(reference, "sending the reference photo for this session");
   pingTimer = setInterval(() => isStreaming() && ws.send(P.pingMessage(performance.now())), PING_INTERVAL_MS);
   nextFrameAt = performance.now();
   scheduleFrame();
@@ -346,6 +347,7 @@ function onAudioChunk({ pcm, perfMs, rms }) {
 }
 
 function sendReference(bytes, why) {
+  pendingReferenceBytes = bytes; // until the server answers; sent with the next session if this one ends first
   if (!isStreaming()) {
     el.referenceStatus.textContent = "will be sent when connected";
     return;
@@ -353,10 +355,10 @@ function sendReference(bytes, why) {
   const limit = mirage.hello?.limits?.max_frame_bytes;
   if (limit && bytes.byteLength + P.HEADER_BYTES > limit) {
     el.referenceStatus.textContent = `error: file is ${bytes.byteLength} bytes, the server accepts ${limit}`;
+    pendingReferenceBytes = null;
     return;
   }
   ws.send(P.packMessage(P.Kind.REFERENCE, referenceSeq, P.nowUs(), bytes));
-  pendingReferenceBytes = bytes;
   referenceSeq = P.nextSeq(referenceSeq);
   el.referenceStatus.textContent = "uploaded, waiting for the server…";
   el.referenceStatus.dataset.ok = "";
@@ -380,10 +382,7 @@ async function onReferenceChosen() {
 function onSettingChanged(event) {
   const input = event.target;
   const key = input.dataset.setting;
-  const value = input.type === "checkbox" ? input.checked
-    : input.type === "number" || input.type === "range" ? Number(input.value) : input.value.trim();
-  const out = document.querySelector(`output[for="${input.id}"]`);
-  if (out) out.value = input.value;
+  const value = readControl(input);
   mirage.settingsSent[key] = value;
   if (isStreaming()) ws.send(P.settingsMessage({ [key]: value }));
 }

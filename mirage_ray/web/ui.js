@@ -9,6 +9,15 @@ export function collectElements() {
   return els;
 }
 
+/** A settings control's value (bool, number or trimmed text); also updates its <output> label. */
+export function readControl(input) {
+  const out = document.querySelector(`output[for="${input.id}"]`);
+  if (out) out.value = input.value;
+  if (input.type === "checkbox") return input.checked;
+  if (input.type === "number" || input.type === "range") return Number(input.value);
+  return input.value.trim();
+}
+
 export class LogView {
   constructor(listEl) {
     this.list = listEl;

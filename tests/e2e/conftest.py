@@ -19,7 +19,7 @@ from skimage import data as skdata
 from tests.e2e.echo_server import EchoServer
 
 CHROMIUM = Path("/usr/bin/chromium")
-USE_REAL_SERVER = False  # one-line switch: True → the integrator's `serve_app_url` fixture (tests/conftest.py)
+USE_REAL_SERVER = True  # True: the real Serve application (tests/conftest.py `serve_app`); False: the echo server
 
 VIDEO_W, VIDEO_H, VIDEO_FRAMES, VIDEO_FPS = 640, 480, 8, 10
 WAV_RATE_HZ = 48000
@@ -71,10 +71,14 @@ def e2e_media(tmp_path_factory: pytest.TempPathFactory) -> Media:
     media = Media(tmp / "face.y4m", tmp / "speech.wav", tmp / "reference.jpg", tmp / "broken.jpg")
     _write_y4m(media.video_y4m)
     _write_speech(media.speech_wav, tmp)
-    spec = importlib.util.find_spec("insightface")  # its bundled real photo (6 faces), without importing it
+    spec = importlib.util.find_spec("insightface")  # its bundled real photo (one face), without importing it
     if spec is None or spec.origin is None:
         raise RuntimeError("insightface is not installed; it provides the reference face photo")
-    shutil.copyfile(Path(spec.origin).parent / "data" / "images" / "t1.jpg", media.reference_jpeg)
+    source = Path(spec.origin).parent / "data" / "images" / "Tom_Hanks_54745.png"
+    ok, reference = cv2.imencode(".jpg", cv2.imread(str(source), cv2.IMREAD_COLOR))
+    if not ok:
+        raise RuntimeError(f"could not read the reference photo {source}")
+    media.reference_jpeg.write_bytes(reference.tobytes())
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("could not encode the broken-reference JPEG")
@@ -123,6 +127,14 @@ def echo_server() -> Iterator[EchoServer | None]:
 def mirage_base_url(request: pytest.FixtureRequest, echo_server: EchoServer | None) -> str:
     """Base URL of the page (ends with '/'): the echo server's, or the real app's when USE_REAL_SERVER."""
     if echo_server is None:
-        url = str(request.getfixturevalue("serve_app_url"))
+        url = str(request.getfixturevalue("serve_app").url)
         return url if url.endswith("/") else url + "/"
     return echo_server.base_url
+
+
+@pytest.fixture(scope="session")
+def token_fragment(request: pytest.FixtureRequest, echo_server: EchoServer | None) -> str:
+    """'#token=…' for the real app (its key is configured, so it hands out no page token); '' for the echo server."""
+    if echo_server is None:
+        return "#token=" + request.getfixturevalue("serve_app").token(sub="e2e-browser")
+    return ""

@@ -30,8 +30,8 @@ def blank_page(chromium_browser: object) -> Iterator[object]:
 
 
 @pytest.fixture
-def page(blank_page: object, mirage_base_url: str) -> object:
-    blank_page.goto(mirage_base_url)
+def page(blank_page: object, mirage_base_url: str, token_fragment: str) -> object:
+    blank_page.goto(mirage_base_url + token_fragment)
     return blank_page
 
 

@@ -42,7 +42,19 @@ def _stream_random_chunks(stream: VoiceStream, x: np.ndarray, convert, rng: np.r
 
 @pytest.mark.parametrize(
     ("block_ms", "crossfade_ms"),
-    [(10, 10), (20, 10), (40, 40), (50, 20), (80, 40), (100, 40), (120, 40), (192, 40), (250, 50), (333, 40), (480, 80)],
+    [
+        (10, 10),
+        (20, 10),
+        (40, 40),
+        (50, 20),
+        (80, 40),
+        (100, 40),
+        (120, 40),
+        (192, 40),
+        (250, 50),
+        (333, 40),
+        (480, 80),
+    ],
 )
 @pytest.mark.parametrize("crossfade", [True, False])
 def test_identity_converter_reproduces_input_exactly_after_latency(voice, block_ms, crossfade_ms, crossfade):
@@ -196,3 +208,19 @@ def test_misuse_is_refused(voice):
     with pytest.raises(VoiceStreamError, match="samples"):
         stream.complete(first, np.zeros(5, np.float32))
     assert len(stream.complete(first, None)) == 800  # a refused call changed nothing
+
+
+def test_sola_realigns_a_converter_whose_timing_jitters(voice):
+    """Each call delays its output by a different 0–10 ms: SOLA must still rebuild the input seamlessly."""
+    rng = np.random.default_rng(11)
+    x = voice + (1e-3 * rng.standard_normal(len(voice))).astype(np.float32)  # dither: no exact-silence ties
+    stream = VoiceStream(block_ms=100, gate_db=None)
+    delays = iter([0, *rng.integers(0, stream.search + 1, size=200).tolist()])
+
+    def jittery(window: np.ndarray) -> np.ndarray:
+        d = next(delays)
+        return np.concatenate((np.zeros(d, np.float32), window[: len(window) - d]))
+
+    out = stream.process(x, jittery)
+    lat = stream.latency_samples
+    np.testing.assert_allclose(out[lat:], x[: len(out) - lat], atol=1e-6)
