@@ -20,23 +20,19 @@ import dlib
 import numpy as np
 from skimage import data
 
-from mirage_ray.vision.faces import Face
+from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.vision.landmarks_dlib import DlibLandmarks, kps_from_landmarks
 from mirage_ray.vision.swap_classical import (
-    NUM_LANDMARKS,
+    NUM_FACE_POINTS,
     ClassicalSwapper,
-    _with_source_shape,
     blend,
     blend_weight,
-    face_points,
+    destination_points,
     face_roi,
     mask_polygon,
-    ring_points,
     transfer_colour,
     warp_source,
 )
-from mirage_ray.vision.align import similarity_matrix
-from mirage_ray.vision.landmarks_dlib import transform_points
 
 FRAME_PX = 512
 
@@ -64,6 +60,30 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _breakdown(swapper: ClassicalSwapper, frame: np.ndarray, face: Face, identity: SourceIdentity, repeats: int) -> str:
+    """One line: total and per-stage median ms for one face."""
+    swapper.swap(frame, [face], identity)  # warm-up
+    total = _median_ms(lambda: swapper.swap(frame, [face], identity), repeats)
+    t_landmarks = _median_ms(lambda: swapper.target_landmarks(frame, face), repeats)
+    src_points, triangles = identity.extras["points"], identity.extras["triangles"]
+    dst = destination_points(swapper.target_landmarks(frame, face), src_points)
+    pts = dst[:NUM_FACE_POINTS]
+    roi = face_roi(mask_polygon(pts), frame.shape)
+    x1, y1, x2, y2 = roi
+    target = frame[y1:y2, x1:x2]
+    t_warp = _median_ms(lambda: warp_source(identity.crop, src_points, dst, triangles, roi), repeats)
+    warped = warp_source(identity.crop, src_points, dst, triangles, roi)
+    t_mask = _median_ms(lambda: blend_weight(pts, roi), repeats)
+    weight = blend_weight(pts, roi)
+    t_colour = _median_ms(lambda: transfer_colour(warped, target, weight), repeats)
+    coloured = transfer_colour(warped, target, weight)
+    t_blend = _median_ms(lambda: blend(target, coloured, weight), repeats)
+    return (
+        f"total {total:.2f} | landmarks {t_landmarks:.2f}, warp {t_warp:.2f}, colour {t_colour:.2f}, "
+        f"mask {t_mask:.2f}, blend {t_blend:.2f} | region {x2 - x1}x{y2 - y1} px, {len(triangles)} triangles"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -76,32 +96,9 @@ def main() -> int:
     swapper = ClassicalSwapper(landmarks)
     reference = cv2.imread(str(images / "Tom_Hanks_54745.png"))
     identity = swapper.identity(reference, _first_face(reference, landmarks))
-    src_points, triangles = identity.extras["points"], identity.extras["triangles"]
-    print(f"classical swap, cv2 threads={args.threads}, median of {args.repeats} runs, ms per frame with one face")
+    print(f"classical swap, cv2 threads={args.threads}, median of {args.repeats} runs, ms per 512x512 frame, one face")
     for label, frame in _frames().items():
-        face = _first_face(frame, landmarks)
-        swapper.swap(frame, [face], identity)  # warm-up
-        total = _median_ms(lambda frame=frame, face=face: swapper.swap(frame, [face], identity), args.repeats)
-        lms = swapper.target_landmarks(frame, face)
-        t_lm = _median_ms(lambda frame=frame, face=face: swapper.target_landmarks(frame, face), args.repeats)
-        pts = face_points(_with_source_shape(lms, src_points[:NUM_LANDMARKS]))
-        ring = transform_points(src_points[len(pts) :], similarity_matrix(src_points[: len(pts)], pts))
-        dst = np.concatenate([pts, ring])
-        roi = face_roi(mask_polygon(pts), frame.shape)
-        x1, y1, x2, y2 = roi
-        target = frame[y1:y2, x1:x2]
-        t_warp = _median_ms(lambda: warp_source(identity.crop, src_points, dst, triangles, roi), args.repeats)
-        warped = warp_source(identity.crop, src_points, dst, triangles, roi)
-        t_mask = _median_ms(lambda: blend_weight(pts, roi), args.repeats)
-        weight = blend_weight(pts, roi)
-        t_colour = _median_ms(lambda: transfer_colour(warped, target, weight), args.repeats)
-        coloured = transfer_colour(warped, target, weight)
-        t_blend = _median_ms(lambda: blend(target, coloured, weight), args.repeats)
-        print(
-            f"  {label}: total {total:.2f} | landmarks {t_lm:.2f}, warp {t_warp:.2f}, colour {t_colour:.2f}, "
-            f"mask {t_mask:.2f}, blend {t_blend:.2f} | region {x2 - x1}x{y2 - y1} px, {len(triangles)} triangles, "
-            f"ring {ring_points(pts).shape[0]} points"
-        )
+        print(f"  {label}: {_breakdown(swapper, frame, _first_face(frame, landmarks), identity, args.repeats)}")
     return 0
 
 

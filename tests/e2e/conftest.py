@@ -86,7 +86,7 @@ def e2e_media(tmp_path_factory: pytest.TempPathFactory) -> Media:
     return media
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # module: Playwright's sync API holds an event loop that asyncio tests cannot share
 def chromium_browser(request: pytest.FixtureRequest) -> Iterator[object]:
     """Debian's chromium, headless, with a fake camera (the y4m) and microphone (the WAV)."""
     if not CHROMIUM.exists():

@@ -35,8 +35,7 @@ from mirage_ray.vision.landmarks_dlib import (
 from mirage_ray.vision.swap_classical import (
     CLASSICAL_NAME,
     ClassicalSwapper,
-    _with_source_shape,
-    face_points,
+    destination_points,
     mask_polygon,
 )
 
@@ -167,7 +166,7 @@ def test_only_pixels_inside_the_face_hulls_change(swapper, images, faces, hanks)
     allowed = np.zeros(image.shape[:2], np.uint8)
     for face in faces["t1"]:
         # the hull the swap blends into: jaw + forehead points, brows moved halfway to the source's layout
-        points = face_points(_with_source_shape(swapper.target_landmarks(image, face), hanks.crop_landmarks))
+        points = destination_points(swapper.target_landmarks(image, face), hanks.extras["points"])
         cv2.fillConvexPoly(allowed, np.round(mask_polygon(points)).astype(np.int32), 1)
     allowed = cv2.dilate(allowed, np.ones((5, 5), np.uint8))
     changed = np.any(swapped != image, axis=2)
@@ -218,6 +217,17 @@ def test_references_that_cannot_be_a_source_are_rejected(swapper, images, faces)
         swapper.identity(images["t1"], turned)
 
 
+def test_a_face_cut_by_the_frame_edge_is_swapped_inside_the_frame(swapper, images, faces, hanks) -> None:
+    image, face = images["astronaut"], faces["astronaut"][0]
+    left = int(face.kps[2, 0])  # the frame starts at her nose: half the face is outside
+    frame = np.ascontiguousarray(image[:, left:])
+    cut = Face(bbox=face.bbox - np.array([left, 0, left, 0], np.float32), kps=face.kps - [left, 0], score=1.0)
+    swapped = swapper.swap(frame, [cut], hanks)
+    assert swapped.shape == frame.shape
+    assert np.any(swapped[:, :40] != frame[:, :40])  # the visible half changed
+    assert np.array_equal(swapped[:, 120:], frame[:, 120:])
+
+
 def test_concurrent_swaps_match_a_single_threaded_swap(swapper, images, faces, hanks) -> None:
     image = images["t1"]
     expected = swapper.swap(image, faces["t1"], hanks)
@@ -230,4 +240,3 @@ def test_an_identity_without_a_source_crop_is_refused(swapper, images, faces) ->
     foreign = SourceIdentity(backend="inswapper-128", face=faces["hanks"][0], embedding=np.ones(512, np.float32))
     with pytest.raises(ValueError, match="no source crop"):
         swapper.swap(images["astronaut"], faces["astronaut"], foreign)
-
