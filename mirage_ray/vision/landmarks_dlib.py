@@ -35,7 +35,7 @@ CANONICAL_TEMPLATE_256 = (
 ).astype(np.float32)
 # dlib HOG detector box on canonical crops (left, top, right, bottom), averaged over 8 faces of t1.jpg,
 # Tom_Hanks_54745.png and astronaut(); the 68-point predictor was trained on boxes like these.
-CANONICAL_RECT_256 = (54.0, 30.0, 202.0, 178.0)
+CANONICAL_RECT_256 = (56.0, 32.0, 202.0, 178.0)
 # Target faces: a smaller crop is enough (landmarks agree with the full-size crop to ~2% of the eye distance).
 TARGET_CROP_PX = 192
 

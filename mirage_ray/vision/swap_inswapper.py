@@ -131,6 +131,11 @@ class InSwapper:
         self._providers = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
         self._session_options = session_options
         self._fallback_path = Path(fp32_fallback_path) if fp32_fallback_path is not None else None
+        if self._fallback_path is not None and not self._fallback_path.is_file():
+            raise FileNotFoundError(
+                f"fp32 fallback {self._fallback_path.name} not found at {self._fallback_path}; "
+                "fetch it with: mirage-ray models fetch"
+            )
         self._arcface = self._load(Path(arcface_path), ArcFaceONNX, arcface_session)
         self._model = self._load_swapper(Path(inswapper_path), inswapper_session)
         self._fallback: _Model | None = None

@@ -114,8 +114,7 @@ class VoiceStream:
         self.xfade = xfade if self.crossfade else 0
         self.search = search if self.crossfade else 0
         self.gate_db = gate_db
-        self._block = self._check_block(block_ms)
-        self._requested_block = self._block
+        self._block = self._check_block(block_ms)  # size of the next window's block
         # sin² fade-in; the fade-out is its complement, so identical signals cross-fade to themselves exactly
         ramp = np.sin(0.5 * np.pi * (np.arange(self.xfade) + 0.5) / max(self.xfade, 1)) ** 2
         self._fade_in = ramp.astype(np.float32)
@@ -136,12 +135,12 @@ class VoiceStream:
 
     def set_block_ms(self, block_ms: int) -> None:
         """Change the block size; takes effect at the next block boundary (the next window cut)."""
-        self._requested_block = self._check_block(block_ms)
+        self._block = self._check_block(block_ms)
 
     @property
     def block_samples(self) -> int:
         """Samples per block for the next window to be cut."""
-        return self._requested_block
+        return self._block
 
     @property
     def latency_samples(self) -> int:
@@ -172,10 +171,9 @@ class VoiceStream:
 
     def next_window(self) -> VoiceWindow | None:
         """Cut the next window when a whole block is pending, else None."""
-        block = self._requested_block
+        block = self._block
         if len(self._pending) < block:
             return None
-        self._block = block
         new = self._pending[:block]
         self._pending = self._pending[block:].copy()
         samples = np.concatenate((self._history, new))

@@ -43,3 +43,11 @@ def test_with_overrides_validates() -> None:
     assert settings.with_overrides(max_faces=4).max_faces == 4
     with pytest.raises(ValidationError):
         settings.with_overrides(max_faces=99)
+
+
+def test_every_setting_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [name for name in MirageSettings.model_fields if f"`MIRAGE_{name.upper()}`" not in doc]
+    assert missing == []

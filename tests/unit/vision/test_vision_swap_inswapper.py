@@ -188,6 +188,8 @@ def test_wrong_or_missing_files_are_refused(models, tmp_path) -> None:
         InSwapper(models["fp32"], models["fp32"], CPU)
     with pytest.raises(FileNotFoundError, match="mirage-ray models fetch"):
         InSwapper(tmp_path / "inswapper_128.onnx", models["arcface"], CPU)
+    with pytest.raises(FileNotFoundError, match="fp32 fallback"):
+        InSwapper(models["fp16"], models["arcface"], CPU, "fp16", fp32_fallback_path=tmp_path / "inswapper_128.onnx")
     with pytest.raises(ValueError, match="precision"):
         InSwapper(models["fp32"], models["arcface"], CPU, precision="int8")
 
