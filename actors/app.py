@@ -15,7 +15,7 @@ from ray.serve import Application
 from actors.deployments import DetectorDeployment, EnhancerDeployment, SwapperDeployment, VoiceDeployment
 from actors.ingress import IngressDeployment
 from mirage_ray.config import MirageSettings, load_settings
-from mirage_ray.security import HMAC_ALGORITHMS, AUTO_SECRET_BYTES, build_auth
+from mirage_ray.security import AUTO_SECRET_BYTES, HMAC_ALGORITHMS, build_auth
 
 HTTP_HEADROOM_REQUESTS = 8  # health/stats requests an ingress replica takes beside its WebSocket sessions
 

@@ -34,6 +34,7 @@ GPU_CONFIG = REPO_ROOT / "serve_config.yaml"
 CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
 READY_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 1.0
+STOP_GRACE_S = 5.0
 APP_NAME = "mirage"
 
 
@@ -93,7 +94,11 @@ def wait_running(address: str, timeout_s: float) -> dict[str, str]:
                 if str(app.status.value) == "DEPLOY_FAILED":
                     details = {n: d.message for n, d in app.deployments.items() if d.message}
                     raise RuntimeError(f"deployment failed: {app.message} {details}")
-                if statuses and all(value == "RUNNING" for value in statuses.values()) and app.status.value == "RUNNING":
+                if (
+                    statuses
+                    and all(value == "RUNNING" for value in statuses.values())
+                    and app.status.value == "RUNNING"
+                ):
                     return statuses
                 unhealthy = {n: d.message for n, d in app.deployments.items() if d.status.value == "UNHEALTHY"}
                 if unhealthy:
@@ -134,8 +139,59 @@ class LocalCluster:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=_ray_env())
 
     def stop(self) -> None:
-        subprocess.run([_tool("ray"), "stop", "--force"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """End this cluster's processes only: those naming our temp dir, and all their descendants.
+
+        (``ray stop`` would end every Ray instance of the user on the machine.)
+        """
+        pids = _process_tree(str(self._temp_dir))
+        _signal_all(pids, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+        _signal_all([pid for pid in pids if _alive(pid)], signal.SIGKILL)
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) from /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        table[int(entry.name)] = (parent, cmdline)
+    return table
+
+
+def _process_tree(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker``, plus all their descendants."""
+    table = _process_table()
+    found = {pid for pid, (_, cmdline) in table.items() if marker in cmdline and pid != os.getpid()}
+    grew = True
+    while grew:
+        children = {pid for pid, (parent, _) in table.items() if parent in found and pid not in found}
+        found |= children
+        grew = bool(children)
+    return sorted(found)
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def _tool(name: str) -> str:
@@ -182,8 +238,15 @@ def run(args: argparse.Namespace) -> int:
         logger.info("deploying %s", source.name)
         deploy(config, cluster.address)
         statuses = wait_running(cluster.address, args.timeout)
+        signal.signal(signal.SIGTERM, request_stop)  # ray.init replaced our handlers with its own
+        signal.signal(signal.SIGINT, request_stop)
         url = f"http://{args.host}:{args.port}/"
-        ready = {"url": url, "ray_address": cluster.address, "metrics_port": cluster.metrics_port, "deployments": statuses}
+        ready = {
+            "url": url,
+            "ray_address": cluster.address,
+            "metrics_port": cluster.metrics_port,
+            "deployments": statuses,
+        }
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(ready))
         print(f"Mirage is up: every deployment RUNNING {sorted(statuses)}", flush=True)

@@ -93,7 +93,9 @@ def build_detector(settings: MirageSettings, registry: ModelRegistry) -> tuple[D
         from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 
         detector = RetinaFaceDetector(
-            providers=onnx_providers(settings), threads=settings.onnx_threads or None, score_threshold=settings.det_threshold
+            providers=onnx_providers(settings),
+            threads=settings.onnx_threads or None,
+            score_threshold=settings.det_threshold,
         )
     return detector, _log(Choice("detector", detector.name, reason, not use_production))
 
@@ -105,9 +107,7 @@ def build_swapper(settings: MirageSettings, registry: ModelRegistry) -> tuple[Sw
         swapper: Swapper = PassthroughSwapper()
         return swapper, _log(Choice("swapper", swapper.name, "swapper=passthrough (explicit)", True))
     model = "inswapper_fp16" if settings.inswapper_precision == "fp16" else "inswapper"
-    use_production, reason = _auto_or_explicit(
-        "swapper", settings.swapper, "inswapper", (model, "arcface"), registry
-    )
+    use_production, reason = _auto_or_explicit("swapper", settings.swapper, "inswapper", (model, "arcface"), registry)
     if use_production:
         from mirage_ray.vision.swap_inswapper import InSwapper
 
@@ -131,9 +131,7 @@ def build_enhancer(settings: MirageSettings, registry: ModelRegistry) -> tuple[E
 
     if settings.enhancer == "none":
         return NoEnhancer(), _log(Choice("enhancer", "none", "enhancer=none (explicit)", True))
-    use_production, reason = _auto_or_explicit(
-        "enhancer", settings.enhancer, "codeformer", ("codeformer",), registry
-    )
+    use_production, reason = _auto_or_explicit("enhancer", settings.enhancer, "codeformer", ("codeformer",), registry)
     if not use_production:
         return NoEnhancer(), _log(Choice("enhancer", "none", reason + ": enhancement unavailable", True))
     from mirage_ray.vision.enhance_codeformer import CodeFormerEnhancer

@@ -1,8 +1,8 @@
 """``mirage-ray``: model files and tokens.
 
-    mirage-ray models list | fetch [NAME ...] [--all] | verify [NAME ...] [--pin]
-    mirage-ray token --sub NAME [--ttl 3600]
-    mirage-ray settings            (every setting with its current value)
+mirage-ray models list | fetch [NAME ...] [--all] | verify [NAME ...] [--pin]
+mirage-ray token --sub NAME [--ttl 3600]
+mirage-ray settings            (every setting with its current value)
 """
 
 from __future__ import annotations

@@ -386,7 +386,9 @@ class Session:
         replies: list[Outgoing] = []
         if decision.fallback and not self.audio_failed:
             self.audio_failed = True
-            logger.warning("session %s: audio failure (%s); switching to the fallback converter", self.id, decision.reason)
+            logger.warning(
+                "session %s: audio failure (%s); switching to the fallback converter", self.id, decision.reason
+            )
             replies.append(protocol.error("audio_failure", f"voice conversion too slow: {decision.reason}"))
         if decision.new_chunk_ms is not None:
             self._voice.set_block_ms(decision.new_chunk_ms)

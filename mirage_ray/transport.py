@@ -104,7 +104,9 @@ class Connection:
             raw_bytes, text = message.get("bytes"), message.get("text")
             size = len(raw_bytes) if raw_bytes is not None else len(text or "")
             if size > session.settings.max_frame_bytes:
-                self._close(CloseCode.TOO_BIG, f"message larger than max_frame_bytes={session.settings.max_frame_bytes}")
+                self._close(
+                    CloseCode.TOO_BIG, f"message larger than max_frame_bytes={session.settings.max_frame_bytes}"
+                )
                 return
             if not session.admit(time.monotonic()):
                 self._close(CloseCode.RATE_LIMITED, "message rate limit exceeded")

@@ -106,7 +106,7 @@ async def test_hello_video_echo_reference_and_swap(serve_app: ServeApp) -> None:
         reply = await client.next_media(Kind.VIDEO)
         assert (reply.seq, reply.capture_us) == (7, 1_000_000)
         assert reply.flags & protocol.FLAG_PASSTHROUGH
-        ok, png = cv2.imencode(".png", insightface_image("Tom_Hanks_54745.png"))
+        _, png = cv2.imencode(".png", insightface_image("Tom_Hanks_54745.png"))
         await client.socket.send(protocol.pack(Kind.REFERENCE, 0, 0, png.tobytes()))
         reference = await client.next_json("reference", timeout_s=60)
         assert reference["ok"] is True, reference

@@ -73,8 +73,17 @@ def test_settings_refuse_booleans_as_numbers() -> None:
 def test_messages_serialise_as_protocol_json() -> None:
     hello = protocol.hello("s1", {"sample_rate": 16000, "chunk_ms": 192}, {"width": 512}, {"max_frame_bytes": 1}, {})
     assert json.loads(protocol.dumps(hello))["protocol"] == 1
-    assert protocol.reference_reply(False, 0, "no face") == {"type": "reference", "ok": False, "faces": 0, "error": "no face"}
-    assert protocol.directive("slow", audio_chunk_ms=240) == {"type": "directive", "reason": "slow", "audio_chunk_ms": 240}
+    assert protocol.reference_reply(False, 0, "no face") == {
+        "type": "reference",
+        "ok": False,
+        "faces": 0,
+        "error": "no face",
+    }
+    assert protocol.directive("slow", audio_chunk_ms=240) == {
+        "type": "directive",
+        "reason": "slow",
+        "audio_chunk_ms": 240,
+    }
     assert protocol.pong(12.5) == {"type": "pong", "t": 12.5}
 
 

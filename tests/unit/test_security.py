@@ -74,9 +74,11 @@ def test_issuer_is_checked_when_configured() -> None:
 
 def test_es256_public_key_verification() -> None:
     private = ec.generate_private_key(ec.SECP256R1())
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     settings = MirageSettings(jwt_algorithm="ES256", jwt_public_key=public_pem)
     auth = build_auth(settings)
     assert auth.issuer is None and not auth.auto_secret

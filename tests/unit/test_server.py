@@ -241,7 +241,7 @@ def test_settings_ping_and_unknown_messages(client: TestClient) -> None:
 def test_invalid_frames_are_answered_then_abandoned_4003(client: TestClient) -> None:
     with connect(client, token()) as ws:
         receive_json(ws, "hello")
-        for i in range(10):
+        for _ in range(10):
             ws.send_bytes(b"\x01\x02")  # shorter than the header
             assert receive_json(ws, "error")["code"] == "bad_header"
         ws.send_bytes(protocol.pack(Kind.VIDEO, 0, 0, b"not a jpeg"))
@@ -267,11 +267,10 @@ def test_message_rate_limit_closes_4029(backends: dict) -> None:
 
 
 def test_capacity_closes_1013(backends: dict) -> None:
-    with make_client(backends, sessions_per_replica=1) as one:
-        with connect(one, token()) as first:
-            receive_json(first, "hello")
-            with connect(one, token()) as second:
-                assert closed_with(second) == CloseCode.TRY_AGAIN
+    with make_client(backends, sessions_per_replica=1) as one, connect(one, token()) as first:
+        receive_json(first, "hello")
+        with connect(one, token()) as second:
+            assert closed_with(second) == CloseCode.TRY_AGAIN
 
 
 def test_origin_allowlist_closes_1008(backends: dict) -> None:
