@@ -21,8 +21,8 @@ CONTROLLER_NAMESPACE = "mirage"
 class ControllerActor:
     """Each push returns the directive waiting for the pushing session, if any (directives target one session)."""
 
-    def __init__(self) -> None:
-        self._policy = ControllerPolicy()
+    def __init__(self, stage_budget_ms: dict[str, float] | None = None) -> None:
+        self._policy = ControllerPolicy(stage_budget_ms) if stage_budget_ms else ControllerPolicy()
         self._pending: dict[str, Directive] = {}
         self.started_at = time.time()
 
@@ -47,7 +47,7 @@ class ControllerActor:
         }
 
 
-def get_or_create_controller() -> Any:
+def get_or_create_controller(stage_budget_ms: dict[str, float]) -> Any:
     """The named controller actor handle (created on first use, restarted by Ray when it dies)."""
     actor_cls = ray.remote(ControllerActor)
     return actor_cls.options(
@@ -58,4 +58,4 @@ def get_or_create_controller() -> Any:
         max_restarts=-1,
         max_task_retries=-1,
         num_cpus=0,
-    ).remote()
+    ).remote(stage_budget_ms)

@@ -89,7 +89,7 @@ class IngressDeployment:
 
     async def _controller_push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         if self._controller is None:
-            self._controller = get_or_create_controller()
+            self._controller = get_or_create_controller(dict(self._settings.stage_budget_ms))
         try:
             return await self._controller.push.remote(summary)
         except ray.exceptions.RayActorError:

@@ -153,7 +153,7 @@ DEGRADE_WINDOW_FRAMES = 30  # degrade when the mean ratio over the last 30 proce
 DEGRADE_ABOVE = 1.0  # ... is above this (processing slower than the frame interval)
 REDEGRADE_COOLDOWN_FRAMES = 30  # frames after any change before the next degrade
 RESTORE_AFTER_FRAMES = 300  # the seed: restore one level after 300 consecutive stable frames ...
-RESTORE_BELOW = 0.60  # ... each with ratio < 0.60
+RESTORE_BELOW = 0.60  # ... each with the mean ratio over the last DEGRADE_WINDOW_FRAMES < 0.60
 # ours, against flapping (e.g. 256 -> 384 px doubles the work): a load-driven degrade back to the level just left
 # within RESTORE_PROBATION_FRAMES of a restore doubles the wait for the next restore (capped); a restore that
 # survives probation resets the wait to RESTORE_AFTER_FRAMES
@@ -289,7 +289,9 @@ class VideoDegradePolicy:
         ratio = _check_ratio(processing_ms) / self.frame_interval_ms()
         self._ratios.append(ratio)
         self._since_change += 1
-        self._stable = self._stable + 1 if ratio < RESTORE_BELOW else 0
+        # stable = the recent mean is under the bar: the detector's periodic frame (every 5th) costs more than a
+        # tracked one, so judging single frames would never see 300 in a row on a loaded machine
+        self._stable = self._stable + 1 if _mean(list(self._ratios)) < RESTORE_BELOW else 0
         self._tick_probation()
         top = len(self._ladder) - 1
         if self._since_change >= REDEGRADE_COOLDOWN_FRAMES:

@@ -99,6 +99,12 @@ class MirageSettings(BaseSettings):
     rmvpe_url: str | None = None
     contentvec_url: str | None = None
 
+    # --- controller -----------------------------------------------------------------------------
+    stage_budget_ms: dict[str, float] = Field(
+        default_factory=lambda: {"video.detect": 15.0, "video.swap": 25.0, "video.enhance": 25.0},
+        description="p95 per shared stage above which the controller counts it saturated (A10G defaults)",
+    )
+
     # --- batching -------------------------------------------------------------------------------
     batch_max_size: int = Field(8, ge=1, le=64)
     batch_wait_s: float = Field(0.002, ge=0.0, le=0.1)

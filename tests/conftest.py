@@ -56,6 +56,9 @@ def serve_app() -> Iterator[ServeApp]:
         "--port", str(port), "--num-gpus", "1", "--num-cpus", "2", "--metrics-port", str(metrics_port),
         "--ready-file", str(ready_file), "--timeout", str(START_TIMEOUT_S - 20),
         "--set", "test_hooks=true",
+        # the CPU runs the models here: budgets the controller never calls saturated, so the slowed-stage test sees
+        # the session's own ladder (the controller's global rules are unit-tested in test_controller_policy.py)
+        "--set", 'stage_budget_ms={"video.detect": 100000, "video.swap": 100000, "video.enhance": 100000}',
     ]  # fmt: skip
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -115,12 +115,20 @@ def test_restore_walks_back_one_level_per_300_frames_in_reverse_order() -> None:
     assert changes(decisions) == [(300 * k, 7 - k, "restore") for k in range(1, 8)]
 
 
-def test_one_unstable_frame_restarts_the_restore_count() -> None:
+def test_a_recent_mean_at_the_bar_restarts_the_restore_count() -> None:
     policy = degraded_to(1)
-    feed(policy, STABLE_MS, 299)
-    policy.step(30.0)  # ratio exactly 0.60: not stable
+    # 270 stable frames, then 30 at ratio 0.60: the 30-frame mean stays under 0.60 for 29 of them (299 stable in a
+    # row) and reaches exactly 0.60 on the 30th, which is not stable and restarts the count
+    assert changes(feed(policy, STABLE_MS, 270) + feed(policy, 30.0, DEGRADE_WINDOW_FRAMES)) == []
     assert changes(feed(policy, STABLE_MS, 299)) == []
     assert policy.step(STABLE_MS).changed
+
+
+def test_a_periodic_detector_spike_does_not_block_the_restore() -> None:
+    """Every 5th frame pays the detector (ratio 1.2 here); the 30-frame mean stays under 0.60, so it restores."""
+    policy = degraded_to(1)
+    decisions = [policy.step(60.0 if i % 5 == 4 else 20.0) for i in range(RESTORE_AFTER_FRAMES)]
+    assert changes(decisions) == [(RESTORE_AFTER_FRAMES, 0, "restore")]
 
 
 def test_ratio_hovering_at_060_never_restores() -> None:

@@ -31,7 +31,9 @@ def test_cpu_profile_is_the_same_application_without_gpus() -> None:
     gpu, cpu = load("serve_config.yaml"), load("serve_config.cpu.yaml")
     (gpu_app,), (cpu_app,) = gpu["applications"], cpu["applications"]
     assert gpu_app["import_path"] == cpu_app["import_path"] == "actors.app:build_app"
-    assert gpu_app["args"] == cpu_app["args"]
+    cpu_args = dict(cpu_app["args"])
+    assert set(cpu_args.pop("stage_budget_ms")) == {"video.detect", "video.swap", "video.enhance"}
+    assert gpu_app["args"] == cpu_args
     assert set(deployments(gpu)) == set(deployments(cpu))
     assert all("num_gpus" not in d["ray_actor_options"] for d in deployments(cpu).values())
     assert sum(d["ray_actor_options"]["num_cpus"] for d in deployments(cpu).values()) <= 2.0

@@ -1,0 +1,445 @@
+"""Session: a frame's and a chunk's journey with scripted inputs and an injected fake clock (no Ray, no sockets).
+
+The stages are the real embedded backends (RetinaFace, the classical swapper, WORLD / passthrough voice) behind a thin
+wrapper that only adds what cannot be had for real here: slowness (the wrapper advances the session's fake clock by a
+set number of ms per call) and failures (a call that raises). Timing is therefore exact and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from mirage_ray import adapt
+from mirage_ray.codec import encode_jpeg, float_to_pcm16, image_size, pcm16_to_float
+from mirage_ray.config import MirageSettings
+from mirage_ray.metrics import SessionSummary
+from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind, Media
+from mirage_ray.session import Session
+from mirage_ray.stages import StageUnavailable
+from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
+from mirage_ray.vision.faces import Face, SourceIdentity
+from mirage_ray.vision.swap_classical import ClassicalSwapper
+from mirage_ray.voice.base import VoiceParams
+from mirage_ray.voice.convert_passthrough import PassthroughConverter
+from mirage_ray.voice.convert_world import WorldConverter
+from tests.media import astronaut, insightface_image, moving_face_frames
+from tests.speech import speech
+
+BLOCK_192 = 3072  # samples in the default 192 ms block
+CHUNK_200 = 3200  # a 200 ms wire chunk (the natural client choice for 192 ms blocks)
+FRAME_US = 50_000  # 20 fps capture spacing
+BACKENDS = {"swapper": {"name": "classical-dlib68", "passthrough": False}, "enhancer": {"fallback": True}}
+
+
+class FakeClock:
+    """The session's clock; only the stage wrapper (or the test, between calls) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+class ScriptedStages:
+    """Real backends; ``cost_ms`` advances the fake clock per call, ``fail`` holds the call numbers that raise."""
+
+    def __init__(self, clock: FakeClock, detector=None, swapper=None, converter=None, fallback=None) -> None:
+        self.clock = clock
+        self.detector, self.swapper = detector, swapper
+        self.converter = converter or PassthroughConverter()
+        self.fallback = fallback or PassthroughConverter()
+        self.cost_ms = {"detect": 0.0, "swap": 0.0, "convert": 0.0, "fallback": 0.0}
+        self.fail: dict[str, set[int]] = {"detect": set(), "identity": set(), "swap": set(), "convert": set()}
+        self.detect_calls: list[list[Face]] = []
+        self.identities: list[SourceIdentity] = []
+        self.swap_calls: list[tuple[list[Face], SourceIdentity]] = []
+        self.convert_calls: list[bool] = []  # the fallback flag of each call
+        self.calls = dict.fromkeys(self.fail, 0)  # every call, failed ones included
+
+    def _enter(self, stage: str, cost: str | None = None) -> None:
+        call = self.calls[stage]
+        self.calls[stage] += 1
+        self.clock.advance_ms(self.cost_ms.get(cost or stage, 0.0))
+        if call in self.fail[stage]:
+            raise StageUnavailable(f"scripted {stage} failure on call {call}")
+
+    async def detect(self, image: np.ndarray) -> list[Face]:
+        self._enter("detect")
+        faces = self.detector.detect(image)
+        self.detect_calls.append(faces)
+        return faces
+
+    async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
+        self._enter("identity")
+        identity = self.swapper.identity(image, face)
+        self.identities.append(identity)
+        return identity
+
+    async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
+        self.swap_calls.append((list(faces), identity))
+        self._enter("swap")
+        return self.swapper.swap(image, list(faces), identity)
+
+    async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
+        raise AssertionError("the enhancer is off in these tests")
+
+    async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray:
+        self.convert_calls.append(fallback)
+        self._enter("convert", "fallback" if fallback else "convert")
+        return (self.fallback if fallback else self.converter).convert(window, params)
+
+
+@pytest.fixture(scope="module")
+def detector() -> RetinaFaceDetector:
+    return RetinaFaceDetector()
+
+
+@pytest.fixture(scope="module")
+def swapper() -> ClassicalSwapper:
+    return ClassicalSwapper()
+
+
+@pytest.fixture(scope="module")
+def voiced() -> np.ndarray:
+    """espeak-ng speech without its leading/trailing digital silence (loops without a silent block)."""
+    x = speech()
+    loud = np.flatnonzero(np.abs(x) > 1e-3)
+    return x[loud[0] : loud[-1] + 1 - (loud[-1] + 1 - loud[0]) % 160]
+
+
+def make_session(stages: ScriptedStages, **overrides: Any) -> Session:
+    return Session(MirageSettings(**overrides), stages, BACKENDS, session_id="s1", clock=stages.clock)
+
+
+def png(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return data.tobytes()
+
+
+def looped(x: np.ndarray, n: int) -> np.ndarray:
+    return np.resize(x, n).astype(np.float32)
+
+
+async def send_audio(session: Session, samples: np.ndarray, start_seq: int = 0, late: bool = False) -> list[Any]:
+    """Send ``samples`` as 200 ms chunks (the last one shorter); every reply, in order."""
+    assert len(samples) % 160 == 0, "the wire carries whole 10 ms frames"
+    replies: list[Any] = []
+    for seq, pos in enumerate(range(0, len(samples), CHUNK_200), start=start_seq):
+        chunk = float_to_pcm16(samples[pos : pos + CHUNK_200])
+        replies += await session.on_audio(Media(Kind.AUDIO, seq, seq * 200_000, chunk), late=late)
+    return replies
+
+
+def audio_blocks(replies: list[Any]) -> list[Media]:
+    return [r for r in replies if isinstance(r, Media)]
+
+
+def messages(replies: list[Any], kind: str) -> list[dict]:
+    return [r for r in replies if isinstance(r, dict) and r["type"] == kind]
+
+
+def assert_conserved(session: Session) -> None:
+    audio = session.stats_message()["audio"]
+    pending = session._voice.pending_samples
+    assert audio["samples_in"] - audio["samples_out"] == pending
+    assert 0 <= pending < session._voice.block_samples
+
+
+# --- a chunk's journey -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cost_ms", "blocks", "reason", "new_ms", "at_block"),
+    [
+        (150.0, 60, "grow", 240, 49),  # 150/192 = 0.78 > 0.75 over 40 chunks; applied 10 chunks later (no silence)
+        (50.0, 140, "shrink", 160, 129),  # 50/192 = 0.26 < 0.55 over 120 chunks; applied 10 chunks later
+    ],
+)
+async def test_chunk_size_adapts_to_a_slow_or_fast_converter(
+    voiced: np.ndarray, cost_ms: float, blocks: int, reason: str, new_ms: int, at_block: int
+) -> None:
+    stages = ScriptedStages(FakeClock())
+    stages.cost_ms["convert"] = cost_ms
+    session = make_session(stages, gate_db=-120.0)
+    assert session.hello()["audio"]["chunk_ms"] == 192
+    replies = await send_audio(session, looped(voiced, blocks * BLOCK_192 + CHUNK_200))
+    # walk the replies: block sizes, and which block the directive follows
+    sizes, directives = [], []
+    for reply in replies:
+        if isinstance(reply, Media):
+            sizes.append(len(reply.payload) // 2)
+        elif reply["type"] == "directive":
+            directives.append((len(sizes) - 1, reply))
+    assert len(stages.convert_calls) == len(sizes) and not any(stages.convert_calls)  # nothing gated, no fallback
+    assert directives == [(at_block, {"type": "directive", "reason": reason, "audio_chunk_ms": new_ms})]
+    assert set(sizes[: at_block + 1]) == {BLOCK_192}
+    assert set(sizes[at_block + 1 :]) == {new_ms * 16}
+    assert messages(replies, "error") == []
+    assert session.stats_message()["audio"]["chunk_ms"] == new_ms
+    assert_conserved(session)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="session.on_audio never steps the audio policy for gated (silent) blocks, so a proposed chunk change is "
+    "never applied at silence (only after APPLY_AT_LATEST_CHUNKS)",
+)
+async def test_a_pending_chunk_change_is_applied_at_the_next_silent_block(voiced: np.ndarray) -> None:
+    stages = ScriptedStages(FakeClock())
+    stages.cost_ms["convert"] = 150.0
+    session = make_session(stages)
+    slow = await send_audio(session, looped(voiced, 40 * BLOCK_192))  # 40 slow blocks: a grow is now pending
+    assert len(audio_blocks(slow)) == 40 and messages(slow, "directive") == []
+    silent = await send_audio(session, np.zeros(5 * BLOCK_192, np.float32), start_seq=100)
+    assert len(stages.convert_calls) == 40  # the silent blocks were gated
+    assert messages(silent, "directive") == [{"type": "directive", "reason": "grow", "audio_chunk_ms": 240}]
+
+
+async def test_a_converter_too_slow_for_40_chunks_is_an_audio_failure_then_fallback(voiced: np.ndarray) -> None:
+    stages = ScriptedStages(FakeClock())
+    stages.cost_ms.update(convert=170.0, fallback=10.0)  # 170/192 = 0.885 > 0.80
+    session = make_session(stages, gate_db=-120.0)
+    replies = await send_audio(session, looped(voiced, 50 * BLOCK_192 + CHUNK_200))
+    errors, blocks_before = [], 0
+    for reply in replies:
+        if isinstance(reply, Media):
+            blocks_before += 1
+        elif reply["type"] == "error":
+            errors.append((blocks_before, reply["code"]))
+    assert errors == [(40, "audio_failure")]
+    assert stages.convert_calls[:40] == [False] * 40
+    assert stages.convert_calls[40:] == [True] * (len(stages.convert_calls) - 40) and len(stages.convert_calls) > 45
+    assert messages(replies, "directive") == []  # the failure cleared the ratio window: no grow as well
+    assert all(block.flags == 0 for block in audio_blocks(replies))
+    stats = session.stats_message()["audio"]
+    assert stats["failed"] is True and stats["chunk_ms"] == 192
+    assert_conserved(session)
+
+
+def best_match(block: np.ndarray, source: np.ndarray, start: int, search: int = 160, skip: int = 640) -> float:
+    """Highest normalised correlation of ``block[skip:]`` with ``source`` starting within [start, start+search]."""
+    body = block[skip:].astype(np.float64)
+    scores = []
+    for offset in range(search + 1):
+        ref = source[start + offset + skip : start + offset + len(block)].astype(np.float64)
+        scores.append(float(body @ ref / (np.linalg.norm(body) * np.linalg.norm(ref) + 1e-12)))
+    return max(scores)
+
+
+async def test_a_failed_conversion_passes_that_block_through_and_the_next_converts(voiced: np.ndarray) -> None:
+    stages = ScriptedStages(FakeClock(), converter=WorldConverter())
+    stages.fail["convert"] = {2}
+    session = make_session(stages)
+    x = voiced[: 6 * BLOCK_192 + 128]  # whole 10 ms frames
+    blocks = audio_blocks(await send_audio(session, x))
+    assert [b.flags & FLAG_PASSTHROUGH for b in blocks] == [0, 0, 1, 0, 0, 0]
+    assert [len(b.payload) for b in blocks] == [2 * BLOCK_192] * 6
+    assert len(stages.convert_calls) == 6  # the block after the failure called the converter again
+    # block k carries input from k*block - (crossfade + search) + SOLA offset: the failed block is the input itself,
+    # the converted ones (the "deeper" preset) are not
+    x16 = pcm16_to_float(float_to_pcm16(x))
+    scores = [best_match(pcm16_to_float(b.payload), x16, k * BLOCK_192 - 800) for k, b in enumerate(blocks) if k]
+    assert scores[1] > 0.999
+    assert max(scores[0], *scores[2:]) < 0.9
+    assert session.stats_message()["stage_failures"] == {"voice": 1}
+
+
+async def test_late_blocks_pass_through_and_silent_blocks_skip_the_converter(voiced: np.ndarray) -> None:
+    stages = ScriptedStages(FakeClock())
+    session = make_session(stages)
+    five = 5 * BLOCK_192  # five blocks are whole 10 ms frames too
+
+    async def send(samples: np.ndarray, seq: int, late: bool = False) -> list[Media]:
+        return audio_blocks(await send_audio(session, samples, start_seq=seq, late=late))
+
+    late = await send(voiced[:five], 0, late=True)
+    assert [b.flags for b in late] == [FLAG_PASSTHROUGH] * 5 and stages.convert_calls == []
+    silent = await send(np.zeros(five, np.float32), 10)
+    assert [b.flags for b in silent] == [0] * 5 and stages.convert_calls == []
+    assert not np.any(pcm16_to_float(silent[1].payload))  # silence in, silence out (after the first fade-out)
+    silent_late = await send(np.zeros(five, np.float32), 20, late=True)
+    assert [b.flags for b in silent_late] == [0] * 5  # gated wins: nothing to convert, nothing counted late
+    live = await send(voiced[:five], 30)
+    assert [b.flags for b in live] == [0] * 5 and stages.convert_calls == [False] * 5
+    assert session.stats_message()["audio"]["late_passthrough_blocks"] == 5
+    assert_conserved(session)
+
+
+# --- a frame's journey -------------------------------------------------------------------------------------------
+def video(seq: int, capture_us: int, payload: bytes) -> Media:
+    return Media(Kind.VIDEO, seq, capture_us, payload)
+
+
+async def test_frames_more_than_150_ms_behind_the_audio_head_are_dropped(detector: RetinaFaceDetector) -> None:
+    stages = ScriptedStages(FakeClock(), detector)
+    session = make_session(stages, chunk_ms=200)
+    frame = moving_face_frames(1)[0]
+    await session.on_audio(Media(Kind.AUDIO, 0, 1_000_000, float_to_pcm16(np.zeros(CHUNK_200, np.float32))))
+    head = 1_200_000  # capture + 200 ms
+    at_limit = await session.on_video(video(1, head - 150_000, frame))
+    late = await session.on_video(video(2, head - 150_001, frame))
+    after = await session.on_video(video(3, head - 100_000, frame))
+    assert [type(r) for r in at_limit] == [Media] and at_limit[0].seq == 1
+    assert late == []
+    assert [r.seq for r in after if isinstance(r, Media)] == [3]
+    # the late frame also asked for one video degrade, taken at the next processed frame
+    assert messages(after, "directive") == [
+        {
+            "type": "directive",
+            "reason": "request:audio leads video",
+            "video": {"width": 512, "height": 512, "fps": 20.0, "jpeg_quality": 75},
+        }
+    ]
+    frames = session.stats_message()["frames"]
+    assert frames["dropped_by_reason"] == {"late": 1} and (frames["in"], frames["out"]) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("spacing_us", "kept"),
+    [
+        (25_000, list(range(0, 20, 2))),  # 40 fps in, 20 fps out: every other frame
+        (10_000, [0, 4, 9, 14, 19]),  # 100 fps in: one in five (the first due 50 ms on, taken 12.5 ms early)
+    ],
+)
+async def test_the_fps_gate_drops_frames_above_the_levels_fps(
+    detector: RetinaFaceDetector, spacing_us: int, kept: list[int]
+) -> None:
+    session = make_session(ScriptedStages(FakeClock(), detector))
+    frame = moving_face_frames(1)[0]
+    answered = []
+    for seq in range(20):
+        answered += [r.seq for r in await session.on_video(video(seq, seq * spacing_us, frame))]
+    assert answered == kept
+    assert session.stats_message()["frames"]["dropped_by_reason"] == {adapt.DROP_FPS_GATE: 20 - len(kept)}
+
+
+def kps_error(face: Face, reference: Face) -> float:
+    return float(np.abs(face.kps - reference.kps).max())
+
+
+async def test_detector_every_5th_frame_and_the_tracker_carries_the_face_between(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+    assert (await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png")))))[0][
+        "ok"
+    ]
+    frames = moving_face_frames(16)  # the face pans 3 px per frame
+    detected_on, replies = [], []
+    for i, frame in enumerate(frames):
+        before = len(stages.detect_calls)
+        replies += await session.on_video(video(i, i * FRAME_US, frame))
+        if len(stages.detect_calls) > before:
+            detected_on.append(i)
+    assert detected_on == [0, 5, 10, 15]
+    assert [(r.seq, r.flags) for r in replies] == [(i, 0) for i in range(16)]  # every frame swapped
+    # in between, the faces handed to the swapper are the tracked ones: where the detector would have found them
+    for i, (faces, identity) in enumerate(stages.swap_calls):
+        assert len(faces) == 1 and identity is stages.identities[0]
+        truth = detector.detect(cv2.imdecode(np.frombuffer(frames[i], np.uint8), cv2.IMREAD_COLOR))[0]
+        assert kps_error(faces[0], truth) < 3.0, i
+    shift = stages.swap_calls[4][0][0].kps - stages.swap_calls[0][0][0].kps
+    assert np.allclose(shift[:, 0], -12.0, atol=2.5) and np.allclose(shift[:, 1], 0.0, atol=2.0)
+
+
+async def test_slow_processing_walks_the_degrade_ladder_down_to_384(detector: RetinaFaceDetector) -> None:
+    stages = ScriptedStages(FakeClock(), detector)
+    stages.cost_ms["detect"] = 500.0  # one detection per 5 frames: 100 ms per frame, ratio 2.0 at 20 fps
+    session = make_session(stages)
+    frame = encode_jpeg(astronaut(), 85)  # a steady real face
+    ladder = adapt.build_ladder()
+    directives, sizes = [], []
+    for i in range(200):
+        for reply in await session.on_video(video(i, i * 100_000, frame)):
+            if isinstance(reply, Media):
+                sizes.append(image_size(reply.payload))
+            else:
+                directives.append((i, reply))
+    assert directives == [
+        (30 * k - 1, {"type": "directive", "reason": "overload", "video": ladder[k].as_directive()})
+        for k in range(1, 7)
+    ]
+    assert ladder[6].as_directive() == {"width": 384, "height": 384, "fps": 15.0, "jpeg_quality": 55}
+    assert len(sizes) == 200  # capture times 100 ms apart: the fps gate drops nothing at 15-20 fps
+    assert set(sizes[:180]) == {(512, 512)} and set(sizes[180:]) == {(384, 384)}
+    assert session.stats_message()["video"] == ladder[6].as_directive()
+
+
+async def test_a_failing_detector_or_swapper_answers_that_frame_in_passthrough(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    stages.fail["detect"] = {1}  # call 0 was the reference
+    stages.fail["swap"] = {0}  # frame 0 never reached the swapper
+    frames = moving_face_frames(3)
+    flags = [(await session.on_video(video(i, i * FRAME_US, f)))[0].flags for i, f in enumerate(frames)]
+    assert flags == [FLAG_PASSTHROUGH, FLAG_PASSTHROUGH, 0]  # detect failed, then swap failed, then swapped
+    assert session.stats_message()["stage_failures"] == {"detect": 1, "swap": 1}
+
+
+# --- reference -----------------------------------------------------------------------------------------------------
+async def test_reference_paths_and_the_previous_identity_stays(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+
+    async def upload(payload: bytes) -> dict:
+        (reply,) = await session.on_reference(Media(Kind.REFERENCE, 0, 0, payload))
+        return reply
+
+    frame = moving_face_frames(1)[0]
+    assert (await session.on_video(video(0, 0, frame)))[0].flags == FLAG_PASSTHROUGH  # no reference yet
+    ok = await upload(png(insightface_image("Tom_Hanks_54745.png")))
+    assert ok == {"type": "reference", "ok": True, "faces": len(stages.detect_calls[-1])} and ok["faces"] >= 1
+    no_face = await upload(encode_jpeg(np.full((256, 256, 3), 127, np.uint8), 90))
+    assert (no_face["ok"], no_face["faces"]) == (False, 0) and no_face["error"].startswith("No face was found")
+    not_image = await upload(b"definitely not an image")
+    assert not_image["ok"] is False and "not a usable image" in not_image["error"]
+    stages.fail["identity"] = {stages.calls["identity"]}
+    broken = await upload(png(insightface_image("Tom_Hanks_54745.png")))
+    assert broken["ok"] is False and "could not be processed right now" in broken["error"]
+    assert len(stages.identities) == 1
+    reply = await session.on_video(video(1, FRAME_US, frame))
+    assert reply[0].flags == 0 and stages.swap_calls[-1][1] is stages.identities[0]
+
+
+# --- the controller --------------------------------------------------------------------------------------------
+async def test_controller_floor_holds_until_the_controller_is_unreachable() -> None:
+    small = RetinaFaceDetector(det_size=128)  # keeps 300+ frames cheap
+    stages = ScriptedStages(FakeClock(), small)
+    session = make_session(stages)
+    frame = encode_jpeg(cv2.resize(astronaut()[20:240, 150:370], (128, 128)), 85)
+    ladder = adapt.build_ladder()
+    assert session.apply_controller({"level": 3}) == [
+        {"type": "directive", "reason": "controller", "video": ladder[3].as_directive()}
+    ]
+    directives = []
+    for i in range(320):  # fast frames: 300 stable frames would restore a level, but not below the floor
+        directives += messages(await session.on_video(video(i, i * FRAME_US, frame)), "directive")
+        stages.clock.advance_ms(50.0)
+    assert directives == [] and session.stats_message()["degrade_level"] == 3
+    summary = session.summary()
+    assert json.loads(json.dumps(summary)) == summary
+    assert SessionSummary.from_dict(summary).to_dict() == summary
+    assert (summary["degrade_level"], summary["floor"], summary["max_level"]) == (3, 3, len(ladder) - 1)
+    assert summary["fps_out"] == pytest.approx(20.0)
+    session.controller_unreachable("timeout")
+    assert session.stats_message()["controller"] == "unreachable (local rules)"
+    restored = messages(await session.on_video(video(320, 320 * FRAME_US, frame)), "directive")
+    assert restored == [{"type": "directive", "reason": "restore", "video": ladder[2].as_directive()}]
+    assert session.summary()["floor"] == 0
+    assert session.apply_controller({"level": 0}) == []  # a lower level only lowers the floor
+    assert session.stats_message()["controller"] == "ok"
