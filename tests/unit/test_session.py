@@ -132,12 +132,20 @@ def looped(x: np.ndarray, n: int) -> np.ndarray:
 
 
 async def send_audio(session: Session, samples: np.ndarray, start_seq: int = 0, late: bool = False) -> list[Any]:
-    """Send ``samples`` as 200 ms chunks (the last one shorter); every reply, in order."""
+    """Send ``samples`` as 200 ms chunks (the last one shorter); every reply, in order.
+
+    After every chunk: the samples that came back are exactly the samples sent minus what waits for a whole block.
+    """
     assert len(samples) % 160 == 0, "the wire carries whole 10 ms frames"
     replies: list[Any] = []
     for seq, pos in enumerate(range(0, len(samples), CHUNK_200), start=start_seq):
         chunk = float_to_pcm16(samples[pos : pos + CHUNK_200])
-        replies += await session.on_audio(Media(Kind.AUDIO, seq, seq * 200_000, chunk), late=late)
+        out_before = session.samples_out
+        answer = await session.on_audio(Media(Kind.AUDIO, seq, seq * 200_000, chunk), late=late)
+        assert sum(len(m.payload) // 2 for m in audio_blocks(answer)) == session.samples_out - out_before
+        assert session.samples_in - session.samples_out == session._voice.pending_samples
+        assert all(m.seq == seq for m in audio_blocks(answer))  # tagged with the chunk that completed them
+        replies += answer
     return replies
 
 
