@@ -129,6 +129,20 @@ class AudioPolicy:
             return AudioDecision(accepted, False, False, new_chunk_ms, reason)
         return AudioDecision(accepted, False, False, None, base_reason)
 
+    def at_silence(self) -> tuple[int, str] | None:
+        """A silent (gated) block: apply a pending chunk change now, without recording a ratio.
+
+        Returns (new chunk_ms, reason) when a change was pending.
+        """
+        if self._pending is None:
+            return None
+        new_chunk_ms, reason = self._pending
+        logger.debug("audio chunk %d -> %d ms at silence (%s)", self._chunk_ms, new_chunk_ms, reason)
+        self._chunk_ms = new_chunk_ms
+        self._pending = None
+        self._ratios.clear()
+        return new_chunk_ms, reason
+
     def _propose(self) -> tuple[int, str] | None:
         ratios = list(self._ratios)
         rung = self._ladder.index(self._chunk_ms)

@@ -230,7 +230,7 @@ class SessionMetrics:
         self._timings = {(kind, stage): RollingWindow() for kind, stages in STAGES.items() for stage in stages}
         self._ratios = {kind: RollingWindow() for kind in STAGES}
         self._detector_interval = RollingWindow()
-        self._frames_since_detect = 0
+        self._frames_since_detect: int | None = None  # None until the first detector call
         self._level = (0, 0, 0)  # (level, floor, max level)
         self._queues: dict[str, int] = {}
         self._shared_ms = 0.0
@@ -282,13 +282,16 @@ class SessionMetrics:
             self._sink.histogram(RUNTIME_RATIO.name, ratio, {"kind": kind})
 
     def detector_call(self, invoked: bool) -> None:
-        """Once per processed frame: whether the detector ran for it (the interval is counted in frames)."""
-        self._frames_since_detect += 1
+        """Once per processed frame: whether the detector ran for it (the interval is counted in frames between
+        two detector calls; the first call starts the count)."""
+        if self._frames_since_detect is not None:
+            self._frames_since_detect += 1
         if not invoked:
             return
-        self._detector_interval.add(self._frames_since_detect)
-        if self._sink is not None:
-            self._sink.histogram(DETECTOR_INTERVAL.name, self._frames_since_detect)
+        if self._frames_since_detect is not None:
+            self._detector_interval.add(self._frames_since_detect)
+            if self._sink is not None:
+                self._sink.histogram(DETECTOR_INTERVAL.name, self._frames_since_detect)
         self._frames_since_detect = 0
 
     def degrade(self, level: int, floor: int, max_level: int) -> None:

@@ -227,6 +227,8 @@ class Session:
 
     # -- a frame's journey ----------------------------------------------------------------------------------------
     def count_video_drop(self, reason: str) -> None:
+        """A frame dropped before it reached the pipeline (e.g. replaced while busy): received, then dropped."""
+        self.metrics.frame_in()
         self.metrics.frame_dropped(reason)
 
     async def on_video(self, media: Media) -> list[Outgoing]:
@@ -375,9 +377,12 @@ class Session:
             self.samples_out += len(block)
             replies.append(Media(Kind.AUDIO, media.seq, media.capture_us, payload, flags))
             if converted is not None:
-                replies += self._audio_decision(ratio, window.gated)
+                replies += self._audio_decision(ratio, silent=False)
             else:
                 self.metrics.audio_out(accepted=window.gated)
+                change = self._audio.at_silence() if window.gated else None
+                if change is not None:  # a silent block is where a pending chunk change lands without a glitch
+                    replies += self._apply_chunk(*change)
         return replies
 
     def _audio_decision(self, ratio: float, silent: bool) -> list[Outgoing]:
@@ -390,10 +395,15 @@ class Session:
                 "session %s: audio failure (%s); switching to the fallback converter", self.id, decision.reason
             )
             replies.append(protocol.error("audio_failure", f"voice conversion too slow: {decision.reason}"))
-        if decision.new_chunk_ms is not None:
-            self._voice.set_block_ms(decision.new_chunk_ms)
-            replies.append(protocol.directive(decision.reason, audio_chunk_ms=decision.new_chunk_ms))
-        return replies
+        return replies + self._apply_chunk(decision.new_chunk_ms, decision.reason)
+
+    def _apply_chunk(self, chunk_ms: int | None, reason: str) -> list[Outgoing]:
+        """A new audio block size: the stream re-blocks from the next block; the client is told."""
+        if chunk_ms is None:
+            return []
+        self._voice.set_block_ms(chunk_ms)
+        logger.info("session %s: audio chunk %d ms (%s)", self.id, chunk_ms, reason)
+        return [protocol.directive(reason, audio_chunk_ms=chunk_ms)]
 
     # -- stats and the controller ---------------------------------------------------------------------------------
     def set_backlog(self, audio: int, video: int, outbound: int = 0) -> None:

@@ -143,12 +143,20 @@ class Connection:
             media, self._video_slot = self._video_slot, None
             if media is not None:
                 await self._send(await self._session.on_video(media))
+                await self._close_if_session_says()
 
     async def _audio_worker(self) -> None:
         while True:
             media = await self._audio_queue.get()
             late = self._audio_queue.qsize() >= AUDIO_BACKLOG_BLOCKS
             await self._send(await self._session.on_audio(media, late=late))
+            await self._close_if_session_says()
+
+    async def _close_if_session_says(self) -> None:
+        """A worker found the session must end (e.g. too many invalid frames): close without waiting for input."""
+        if self._session.close_code is not None:
+            self._close(self._session.close_code, self._session.close_reason)
+            await self._socket_close_now()
 
     async def _ticker(self) -> None:
         while True:

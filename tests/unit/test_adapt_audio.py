@@ -198,3 +198,15 @@ def test_from_settings() -> None:
     policy = AudioPolicy.from_settings(settings)
     assert policy.chunk_ms == 240
     assert policy.ladder_ms == (120, 160, 240, 320)
+
+
+def test_a_pending_change_lands_at_silence_without_recording_a_ratio() -> None:
+    from mirage_ray.adapt import GROW_WINDOW_CHUNKS, AudioPolicy
+
+    policy = AudioPolicy()
+    assert policy.at_silence() is None  # nothing pending: nothing happens
+    for _ in range(GROW_WINDOW_CHUNKS):
+        policy.step(0.78)
+    assert policy.pending_chunk_ms == 240
+    assert policy.at_silence() == (240, "grow")
+    assert policy.chunk_ms == 240 and policy.pending_chunk_ms is None

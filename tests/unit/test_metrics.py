@@ -97,7 +97,7 @@ def test_stats_body() -> None:
             "audio": {"convert": {"p50": 40.0, "p95": 40.0}},
         },
         "ratio": {"audio": 0.375, "video": 0.5},
-        "detector_interval_frames": 3.0,
+        "detector_interval_frames": 5.0,
         "degrade_level": 2,
         "queues": {"video": 3},
     }
@@ -116,7 +116,7 @@ def test_sink_receives_declared_metrics() -> None:
     assert sink.counters[sink.key(VIDEO_FRAMES_DROPPED.name, reason="late")] == 2.0
     assert sink.counters[sink.key(AUDIO_CHUNKS.name, accepted="false")] == 1.0
     assert sink.histograms[sink.key(STAGE_MS.name, kind="video", stage="swap")] == [13, 14, 15, 16, 17, 18, 19]
-    assert sink.histograms[sink.key(DETECTOR_INTERVAL.name)] == [1, 5]  # on the first frame, then 5 frames on
+    assert sink.histograms[sink.key(DETECTOR_INTERVAL.name)] == [5]  # the first call starts the count; 5 frames on
 
 
 def test_in_memory_sink_refuses_undeclared_metrics_and_tags() -> None:
