@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from actors.metrics_sink import GpuMemoryReporter, RayMetricsSink
 from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
@@ -41,6 +42,7 @@ def _guarded(stage: str, fn: Any, *args: Any) -> Any:
 
 class _StageDeployment:
     _delay: TestDelay
+    _gpu: GpuMemoryReporter
 
     def set_test_delay(self, ms: float) -> float:
         """Test-only (needs ``test_hooks``): add ``ms`` of latency to every call of this stage."""
@@ -53,6 +55,7 @@ class DetectorDeployment(_StageDeployment):
         self._settings = settings
         self._detector, self._choice = build_detector(settings, ModelRegistry(settings))
         self._delay = TestDelay(settings, "detect")
+        self._gpu = GpuMemoryReporter("Detector", RayMetricsSink())
         _configure_batching(self.detect, settings)
 
     def ready(self) -> dict[str, Any]:
@@ -62,6 +65,7 @@ class DetectorDeployment(_StageDeployment):
     async def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         def run() -> list[list[Face]]:
             self._delay.sleep()
+            self._gpu.maybe_report()
             return [_guarded("detect", self._detector.detect, image) for image in images]
 
         return await asyncio.to_thread(run)
@@ -72,6 +76,7 @@ class SwapperDeployment(_StageDeployment):
         self._settings = settings
         self._swapper, self._choice = build_swapper(settings, ModelRegistry(settings))
         self._delay = TestDelay(settings, "swap")
+        self._gpu = GpuMemoryReporter("Swapper", RayMetricsSink())
         _configure_batching(self.swap, settings)
 
     def ready(self) -> dict[str, Any]:
@@ -86,6 +91,7 @@ class SwapperDeployment(_StageDeployment):
     ) -> list[np.ndarray]:
         def run() -> list[np.ndarray]:
             self._delay.sleep()
+            self._gpu.maybe_report()
             jobs = zip(images, faces, identities, strict=True)
             return [_guarded("swap", self._swapper.swap, *job) for job in jobs]
 
@@ -97,6 +103,7 @@ class EnhancerDeployment(_StageDeployment):
         self._settings = settings
         self._enhancer, self._choice = build_enhancer(settings, ModelRegistry(settings))
         self._delay = TestDelay(settings, "enhance")
+        self._gpu = GpuMemoryReporter("Enhancer", RayMetricsSink())
 
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self._choice.as_dict()}
@@ -104,6 +111,7 @@ class EnhancerDeployment(_StageDeployment):
     async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
         def run() -> np.ndarray:
             self._delay.sleep()
+            self._gpu.maybe_report()
             return self._enhancer.restore(crops, fidelity)
 
         return await asyncio.to_thread(run)
@@ -114,6 +122,7 @@ class VoiceDeployment(_StageDeployment):
         self._settings = settings
         self._primary, self._fallback, self._choice = build_converters(settings, ModelRegistry(settings))
         self._delay = TestDelay(settings, "voice")
+        self._gpu = GpuMemoryReporter("Voice", RayMetricsSink())
         _configure_batching(self.convert, settings)
 
     def ready(self) -> dict[str, Any]:
@@ -126,6 +135,7 @@ class VoiceDeployment(_StageDeployment):
     ) -> list[np.ndarray]:
         def run() -> list[np.ndarray]:
             self._delay.sleep()
+            self._gpu.maybe_report()
             jobs = zip(windows, params, fallback, strict=True)
             return [
                 _guarded("voice", (self._fallback if use_fallback else self._primary).convert, window, p)

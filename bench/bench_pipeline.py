@@ -17,7 +17,7 @@ Both (b) and (c) run with ``video_fps=1`` and frames captured 1 s apart (client 
 FPS gate then never act, so every frame is processed at the full level (512 px, JPEG q85) in both paths and the
 comparison is of the same work. The pipeline itself runs as fast as it can; the gate is not what is measured.
 
-    python -m bench.bench_pipeline [--frames 120] [--onnx-threads 0] [--skip-serve] [--skip-hops]
+    python -m bench.bench_pipeline [--frames 120] [--onnx-threads 0] [--set KEY=VALUE] [--skip-serve] [--skip-hops]
     (from the repository root)
 """
 
@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from actors.launch import parse_sets
 from bench.common import BenchClient, ServeApp, load_line, machine_lines, p50_p95, serve_app
 from mirage_ray import protocol
 from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
@@ -84,6 +85,7 @@ def reference_png() -> bytes:
 
 # --- (a) stages in-process ----------------------------------------------------------------------------------------
 def stage_costs(settings: MirageSettings, backends: dict[str, Any], frames: list[bytes]) -> dict[str, float]:
+    """Prints the per-stage table; returns each stage's p50 ms and the mean compute per frame."""
     detector, swapper = backends["detector"], backends["swapper"]
     reference = insightface_image("Tom_Hanks_54745.png")
     identity = swapper.identity(reference, largest_faces(detector.detect(reference), 1)[0])
@@ -127,7 +129,7 @@ def stage_costs(settings: MirageSettings, backends: dict[str, Any], frames: list
         f"  detect alone then {SPIN_IDLE_S * 1000:.0f} ms idle, {SPIN_CALLS} calls: wall p50 {np.median(wall):.1f} ms,"
         f" process CPU p50 {np.median(cpu):.1f} ms (CPU above wall = onnxruntime threads spinning after the call)"
     )
-    return {**means, "per_frame": per_frame}
+    return {**{k: float(np.median(v)) for k, v in times.items()}, "per_frame": per_frame}  # p50s
 
 
 # --- (b) the in-process Session baseline --------------------------------------------------------------------------
@@ -323,11 +325,14 @@ def report_serve(runs: list[dict[str, Any]], base: dict[str, Any], costs: dict[s
     print(f"    per-frame time 1/FPS, 1 in flight / in-process mean:     {ratio_frame:.2f}")
     print(f"    per-frame time 1/FPS, best window / in-process mean:     {ratio_best:.2f}")
     print("\n  goals (printed, not asserted):")
-    best = max(runs, key=lambda r: r["fps"])
-    best_p95 = p50_p95(best["rtt"])[1]
-    _goal(f"Serve FPS >= {GOAL_FPS:.0f} ({best['window']} in flight)", best["fps"] >= GOAL_FPS, f"{best['fps']:.1f}")
-    _goal(f"Serve round-trip p95 <= {GOAL_P95_MS:.0f} ms (same run)", best_p95 <= GOAL_P95_MS, f"{best_p95:.1f} ms")
-    _goal(f"ratio <= {GOAL_RATIO}", ratio_best <= GOAL_RATIO, f"{ratio_best:.2f} (1/FPS, best window)")
+    for run in runs:
+        p95 = p50_p95(run["rtt"])[1]
+        _goal(
+            f"Serve, {run['window']} in flight: FPS >= {GOAL_FPS:.0f} with round-trip p95 <= {GOAL_P95_MS:.0f} ms",
+            run["fps"] >= GOAL_FPS and p95 <= GOAL_P95_MS,
+            f"{run['fps']:.1f} FPS, p95 {p95:.1f} ms",
+        )
+    _goal(f"ratio Serve / in-process <= {GOAL_RATIO}", ratio_best <= GOAL_RATIO, f"{ratio_best:.2f} (1/FPS, best)")
     _goal(f"in-process FPS >= {GOAL_FPS:.0f}", base["fps"] >= GOAL_FPS, f"{base['fps']:.1f} (p95 {base_p95:.1f} ms)")
 
 
@@ -343,10 +348,14 @@ def main() -> int:
     parser.add_argument(
         "--onnx-threads", type=int, default=0, help="MIRAGE onnx_threads for both paths (0 = onnxruntime default)"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="another setting for both paths (repeatable)"
+    )
     args = parser.parse_args()
     for line in machine_lines():
         print(line)
-    settings = MirageSettings(video_fps=PINNED_FPS, onnx_threads=args.onnx_threads)
+    sets = [f"video_fps={PINNED_FPS}", f"onnx_threads={args.onnx_threads}", *args.set]
+    settings = MirageSettings(**parse_sets(sets))
     registry = ModelRegistry(settings)
     detector, detector_choice = build_detector(settings, registry)
     swapper, swapper_choice = build_swapper(settings, registry)
@@ -367,7 +376,7 @@ def main() -> int:
     }
     print(
         f"backends: detector {detector.name}, swapper {swapper.name}, enhancer {enhancer_choice.name};"
-        f" onnx_threads={settings.onnx_threads} (0 = onnxruntime default)"
+        f" settings for both paths: {' '.join(sets)} (onnx_threads=0: onnxruntime default)"
     )
     frames = moving_face_frames(args.frames + WARMUP_FRAMES)[WARMUP_FRAMES:]
     costs = stage_costs(settings, backends, frames)
@@ -375,7 +384,7 @@ def main() -> int:
     if args.skip_serve:
         return 0
     print(f"\nstarting the Serve app ({load_line()}) ...")
-    with serve_app(sets=[f"video_fps={PINNED_FPS}", f"onnx_threads={args.onnx_threads}"]) as app:
+    with serve_app(sets=sets) as app:
         print(f"  every deployment RUNNING after {app.start_s:.0f} s")
         runs = [asyncio.run(serve_run(app, frames, window)) for window in (1, 2)]
         report_serve(runs, base, costs)

@@ -388,6 +388,8 @@ class Session:
     def _audio_decision(self, ratio: float, silent: bool) -> list[Outgoing]:
         decision = self._audio.step(ratio, is_silence=silent)
         self.metrics.audio_out(decision.accepted)
+        if not decision.accepted:  # the machine is short: video yields to audio, never the other way round
+            self._video.request_degrade("audio over budget")
         replies: list[Outgoing] = []
         if decision.fallback and not self.audio_failed:
             self.audio_failed = True

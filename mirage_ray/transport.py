@@ -67,6 +67,7 @@ class Connection:
         self._audio_queue: asyncio.Queue[Media] = asyncio.Queue()
         self._closing: tuple[int, str] | None = None
         self._closed = False
+        self._waiting_sends = 0  # outbound backlog: sends waiting for the socket
 
     async def run(self) -> None:
         await self._send([self._session.hello()])
@@ -165,7 +166,9 @@ class Connection:
                 self._close(CloseCode.TOKEN_EXPIRED, "token expired")
                 await self._socket_close_now()
                 return
-            self._session.set_backlog(audio=self._audio_queue.qsize(), video=int(self._video_slot is not None))
+            self._session.set_backlog(
+                audio=self._audio_queue.qsize(), video=int(self._video_slot is not None), outbound=self._waiting_sends
+            )
             await self._send([self._session.stats_message()])
             if self._controller_push is not None:
                 await self._push_to_controller()
@@ -193,7 +196,9 @@ class Connection:
     async def _send(self, messages: list[Outgoing]) -> None:
         if not messages or self._closed:
             return
+        self._waiting_sends += 1
         async with self._send_lock:
+            self._waiting_sends -= 1
             for message in messages:
                 try:
                     if isinstance(message, Media):

@@ -446,3 +446,13 @@ async def test_controller_floor_holds_until_the_controller_is_unreachable() -> N
     assert session.summary()["floor"] == 0
     assert session.apply_controller({"level": 0}) == []  # a lower level only lowers the floor
     assert session.stats_message()["controller"] == "ok"
+
+
+async def test_audio_over_budget_makes_video_yield(voiced: np.ndarray) -> None:
+    """A converter over 0.65 of real time asks the video ladder for a degrade; audio itself keeps its chunk."""
+    stages = ScriptedStages(FakeClock())
+    stages.cost_ms["convert"] = 140.0  # 140/192 = 0.73: not accepted, not a failure
+    session = make_session(stages, gate_db=-120.0)
+    await send_audio(session, looped(voiced, 3 * CHUNK_200))
+    assert session._video._request == "audio over budget"
+    assert session.stats_message()["audio"]["chunk_ms"] == 192
