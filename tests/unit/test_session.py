@@ -456,3 +456,40 @@ async def test_audio_over_budget_makes_video_yield(voiced: np.ndarray) -> None:
     await send_audio(session, looped(voiced, 3 * CHUNK_200))
     assert session._video._request == "audio over budget"
     assert session.stats_message()["audio"]["chunk_ms"] == 192
+
+
+class EnhancingStages(ScriptedStages):
+    """A restorer stand-in (no CodeFormer weights can exist here): it brightens the aligned crops it is given."""
+
+    def __init__(self, clock: FakeClock, **kwargs: Any) -> None:
+        super().__init__(clock, **kwargs)
+        self.restored: list[tuple[tuple[int, ...], float]] = []
+
+    async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
+        self.restored.append((crops.shape, fidelity))
+        return np.clip(crops.astype(np.int16) + 60, 0, 255).astype(np.uint8)
+
+
+async def test_enhancement_sends_only_aligned_crops_and_pastes_them_back_on_the_face(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = EnhancingStages(FakeClock(), detector=detector, swapper=swapper)
+    backends = {**BACKENDS, "enhancer": {"name": "codeformer", "fallback": False}}
+    session = Session(MirageSettings(enhance=True), stages, backends, session_id="s1", clock=stages.clock)
+    reference = insightface_image("Tom_Hanks_54745.png")
+    assert (await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(reference))))[0]["ok"] is True
+    frame = moving_face_frames(1)[0]
+    session.enhance_enabled = False
+    plain = cv2.imdecode(
+        np.frombuffer((await session.on_video(Media(Kind.VIDEO, 1, 0, frame)))[0].payload, np.uint8), 1
+    )
+    session.enhance_enabled = True
+    session.on_text('{"type": "settings", "fidelity": 0.3}')
+    reply = (await session.on_video(Media(Kind.VIDEO, 2, FRAME_US, frame)))[0]
+    enhanced = cv2.imdecode(np.frombuffer(reply.payload, np.uint8), 1)
+    assert stages.restored == [((1, 512, 512, 3), 0.3)]  # one aligned 512 crop per face, the session's fidelity
+    brighter = (enhanced.astype(np.int16) - plain.astype(np.int16)).mean(axis=2) > 20
+    face = stages.detect_calls[-1][0].bbox.astype(int)
+    inside = brighter[face[1] : face[3], face[0] : face[2]].mean()
+    outside = np.delete(brighter, np.s_[max(0, face[1] - 60) : face[3] + 60], axis=0).mean()
+    assert inside > 0.5 and outside < 0.01  # pasted back on the face, the rest of the frame untouched
