@@ -42,6 +42,7 @@ PASSES = 2  # passes over the speech per WORLD timing
 PINGS = 30
 E2E_REFERENCE_MS = 250.0  # the end-to-end figure FACTS.md discusses (not a goal given to this bench)
 REPLY_DRAIN_S = 5.0
+FIRST_BLOCKS = 6  # about the session's first second, which includes the first call through the Voice handle
 
 
 def _ms(seconds: float) -> float:
@@ -179,22 +180,30 @@ def report_serve(
     hold = _stream(settings, settings.chunk_ms).latency_samples
     kinds: dict[str, list[float]] = {"converted": [], "gated (silence, no converter call)": [], "passthrough": []}
     out = []
-    for _seq, latency, flags, payload in run["replies"]:
+    for index, (_seq, latency, flags, payload) in enumerate(run["replies"]):
         samples = pcm16_to_float(payload)
         out.append(samples)
+        if index < FIRST_BLOCKS:
+            continue  # the session's first second: reported on its own below
         if flags & protocol.FLAG_PASSTHROUGH:
             kinds["passthrough"].append(latency)
         elif not np.any(samples[hold:]):
             kinds["gated (silence, no converter call)"].append(latency)
         else:
             kinds["converted"].append(latency)
-    all_latency = [latency for _, latency, _, _ in run["replies"]]
+    every = [latency for _, latency, _, _ in run["replies"]]
+    first = ", ".join(
+        f"{latency:.0f}{'(p)' if flags & protocol.FLAG_PASSTHROUGH else ''}"
+        for _, latency, flags, _ in run["replies"][:FIRST_BLOCKS]
+    )
     print(
         f"\n(2) Serve path: {run['sent'] / SAMPLE_RATE:.1f} s of speech sent in real time as {SEND_CHUNK_MS} ms"
         f" chunks; server block {run['hello']['audio']['chunk_ms']} ms; {len(run['replies'])} blocks back"
     )
+    print(f"  first {FIRST_BLOCKS} blocks of the session, ms in order ((p) = passthrough flag): {first}")
     print(f"  {'per-block latency (send of completing chunk -> reply)':58s} {'n':>4s} {'p50 ms':>7s} {'p95 ms':>7s}")
-    for name, values in [("all blocks", all_latency), *kinds.items()]:
+    steady = [("after the first blocks: " + name, values) for name, values in kinds.items()]
+    for name, values in [("every block, first ones included", every), *steady]:
         if values:
             p50, p95 = p50_p95(values)
             print(f"  {name:58s} {len(values):4d} {p50:7.1f} {p95:7.1f}")

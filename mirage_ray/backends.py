@@ -21,6 +21,7 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 MIB = 1024 * 1024
+WORLD_FALLBACK_FRAME_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def build_converters(
 
     if settings.voice == "passthrough":
         converter = PassthroughConverter()
+        logger.warning("voice=passthrough is for diagnostics only: the speaker's real voice is sent unchanged")
         return converter, converter, _log(Choice("voice", converter.name, "voice=passthrough (explicit)", True))
     use_production, reason = _auto_or_explicit("voice", settings.voice, "rvc", ("rmvpe", "contentvec"), registry)
     voices = sorted(registry.voices_dir().glob("*.onnx")) if registry.voices_dir().is_dir() else []
@@ -171,7 +173,10 @@ def build_converters(
         )
         return primary, WorldConverter(), _log(Choice("voice", primary.name, reason, False))
     world = WorldConverter()
-    return world, PassthroughConverter(), _log(Choice("voice", world.name, reason, True))
+    # on audio failure: WORLD at half the analysis frame rate (~25% cheaper), still a disguised voice;
+    # never the passthrough, which would send the speaker's real voice
+    fast = WorldConverter(frame_period_ms=WORLD_FALLBACK_FRAME_MS, name="world-fast")
+    return world, fast, _log(Choice("voice", world.name, reason, True))
 
 
 def _torch_cuda() -> bool:

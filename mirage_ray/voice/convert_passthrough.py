@@ -3,22 +3,14 @@ it does not disguise the voice."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from mirage_ray.voice.base import VoiceParams
-
-logger = logging.getLogger(__name__)
-
 
 class PassthroughConverter:
     """Identity converter (diagnostics only: the speaker's real voice goes out)."""
 
     name = "passthrough"
-
-    def __init__(self) -> None:
-        logger.warning("voice converter 'passthrough' is for diagnostics only: the real voice is sent unchanged")
 
     def convert(self, window: np.ndarray, params: VoiceParams) -> np.ndarray:
         """A float32 copy of ``window``; ``params`` are ignored."""

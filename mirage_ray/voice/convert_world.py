@@ -66,6 +66,7 @@ class WorldConverter:
         frame_period_ms: float = 10.0,
         f0_floor_hz: float = F0_FLOOR_HZ,
         f0_ceil_hz: float = F0_CEIL_HZ,
+        name: str = "world",
     ) -> None:
         if f0_method not in ("dio", "harvest"):
             raise WorldConverterError(f"f0_method must be 'dio' or 'harvest', got {f0_method!r}")
@@ -77,6 +78,7 @@ class WorldConverter:
         self.sample_rate = sample_rate
         self.f0_method = f0_method
         self.frame_period_ms = frame_period_ms
+        self.name = name
         self.f0_floor_hz = f0_floor_hz
         self.f0_ceil_hz = f0_ceil_hz
         self.fft_size = self._pw.get_cheaptrick_fft_size(sample_rate, f0_floor_hz)

@@ -39,7 +39,7 @@ def test_auto_on_a_bare_machine_gives_the_embedded_defaults(tmp_path: Path) -> N
     enhancer, choice = build_enhancer(settings, registry)
     assert enhancer.name == "none" and "enhancement unavailable" in choice.reason
     primary, fallback, choice = build_converters(settings, registry)
-    assert (primary.name, fallback.name, choice.fallback) == ("world", "passthrough", True)
+    assert (primary.name, fallback.name, choice.fallback) == ("world", "world-fast", True)  # never the real voice
 
 
 @pytest.mark.parametrize(
@@ -100,3 +100,10 @@ def test_auto_picks_rvc_when_models_and_a_voice_are_present(tmp_path: Path) -> N
 def test_providers_default_to_cpu_here_and_respect_configuration() -> None:
     assert onnx_providers(MirageSettings()) == ["CPUExecutionProvider"]
     assert onnx_providers(MirageSettings(onnx_providers=("CPUExecutionProvider",))) == ["CPUExecutionProvider"]
+
+
+def test_explicit_passthrough_voice_warns_that_the_real_voice_goes_out(tmp_path: Path, caplog) -> None:
+    settings = MirageSettings(model_dir=tmp_path, voice="passthrough")
+    primary, fallback, choice = build_converters(settings, ModelRegistry(settings))
+    assert primary.name == fallback.name == "passthrough" and choice.fallback
+    assert "real voice" in caplog.text

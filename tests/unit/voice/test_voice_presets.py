@@ -23,9 +23,8 @@ def test_unknown_preset_lists_names():
         preset_params("squeaky")
 
 
-def test_passthrough_returns_a_copy(caplog):
+def test_passthrough_returns_a_copy():
     converter = PassthroughConverter()
-    assert "diagnostics only" in caplog.text
     assert isinstance(converter, VoiceConverter) and converter.name == "passthrough"
     x = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
     y = converter.convert(x, VoiceParams(pitch_semitones=5.0))
