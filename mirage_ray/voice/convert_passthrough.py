@@ -7,6 +7,7 @@ import numpy as np
 
 from mirage_ray.voice.base import VoiceParams
 
+
 class PassthroughConverter:
     """Identity converter (diagnostics only: the speaker's real voice goes out)."""
 
