@@ -396,7 +396,10 @@ class Session:
             logger.warning(
                 "session %s: audio failure (%s); switching to the fallback converter", self.id, decision.reason
             )
-            replies.append(protocol.error("audio_failure", f"voice conversion too slow: {decision.reason}"))
+            fallback = self._backends.get("voice", {}).get("fallback_converter", "the fallback converter")
+            replies.append(
+                protocol.error("audio_failure", f"voice conversion too slow ({decision.reason}): switched to {fallback}")
+            )
         return replies + self._apply_chunk(decision.new_chunk_ms, decision.reason)
 
     def _apply_chunk(self, chunk_ms: int | None, reason: str) -> list[Outgoing]:
