@@ -66,7 +66,7 @@ ROI_MARGIN = 0.5  # face region sent in the hop experiment: the box grown by hal
 
 def _row(name: str, values: list[float], extra: str = "") -> str:
     p50, p95 = p50_p95(values)
-    return f"  {name:34s} {p50:8.2f} {p95:8.2f} {float(np.mean(values)):8.2f}  {extra}"
+    return f"  {name:34s} {p50:8.2f} {p95:8.2f} {float(np.mean(values)):8.2f}  {extra}".rstrip()
 
 
 def _timed(fn: Callable[[], Any], sink: list[float]) -> Any:

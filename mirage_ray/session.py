@@ -28,7 +28,7 @@ from mirage_ray.stages import Stages
 from mirage_ray.sync import AvSync
 from mirage_ray.vision.align import FFHQ_TEMPLATE_512, crop_mask, paste_back, warp_face
 from mirage_ray.vision.base import ReferenceRejected
-from mirage_ray.vision.faces import Face, SourceIdentity, largest_faces
+from mirage_ray.vision.faces import Face, SourceIdentity, face_region, largest_faces, translate
 from mirage_ray.vision.tracker import FaceTracker
 from mirage_ray.voice.base import SAMPLE_RATE, VoiceParams
 from mirage_ray.voice.presets import PRESETS, preset_params
@@ -41,6 +41,7 @@ Outgoing = Media | dict[str, Any]
 MIN_REFERENCE_FACE_PX = 48  # a reference face smaller than this cannot give a usable identity
 EQUAL_FACES_RATIO = 0.9  # two reference faces this close in size are ambiguous
 ENHANCE_CROP_PX = 512
+SWAP_MARGIN = 0.6  # region sent to the swapper: face boxes grown by this fraction of their size on each side
 US_PER_S = 1_000_000
 
 
@@ -291,7 +292,7 @@ class Session:
             return image, True, timings
         t1 = self._clock()
         try:
-            output = await self._stages.swap(image, faces, self._identity)
+            output = await self._swap_region(image, faces, self._identity)
         except Exception as exc:
             self._stage_failed("swap", exc)
             return image, True, timings
@@ -302,6 +303,15 @@ class Session:
             output = await self._enhance(output, faces)
             timings["enhance"] = (self._clock() - t2) * 1000.0
         return output, passthrough, timings
+
+    async def _swap_region(self, image: np.ndarray, faces: list[Face], identity: SourceIdentity) -> np.ndarray:
+        """Only the region around the faces travels to the swapper (both swappers work bbox-local)."""
+        x1, y1, x2, y2 = face_region(faces, image.shape[1], image.shape[0], SWAP_MARGIN)
+        shifted = [translate(face, -x1, -y1) for face in faces]
+        swapped = await self._stages.swap(np.ascontiguousarray(image[y1:y2, x1:x2]), shifted, identity)
+        output = image.copy()
+        output[y1:y2, x1:x2] = swapped
+        return output
 
     async def _enhance(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Only the aligned 512 crops travel to the enhancer; they are pasted back with a feathered mask."""
@@ -398,7 +408,9 @@ class Session:
             )
             fallback = self._backends.get("voice", {}).get("fallback_converter", "the fallback converter")
             replies.append(
-                protocol.error("audio_failure", f"voice conversion too slow ({decision.reason}): switched to {fallback}")
+                protocol.error(
+                    "audio_failure", f"voice conversion too slow ({decision.reason}): switched to {fallback}"
+                )
             )
         return replies + self._apply_chunk(decision.new_chunk_ms, decision.reason)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -47,3 +47,25 @@ class SourceIdentity:
 def largest_faces(faces: list[Face], n: int) -> list[Face]:
     """The ``n`` largest faces by box area, largest first."""
     return sorted(faces, key=lambda f: f.area, reverse=True)[:n]
+
+
+def translate(face: Face, dx: float, dy: float) -> Face:
+    """The same face in a coordinate frame shifted by (dx, dy) pixels (e.g. a crop's)."""
+    offset = np.array([dx, dy], np.float32)
+    return replace(
+        face,
+        bbox=face.bbox + np.tile(offset, 2),
+        kps=face.kps + offset,
+        landmarks=None if face.landmarks is None else face.landmarks + offset,
+    )
+
+
+def face_region(faces: list[Face], width: int, height: int, margin: float) -> tuple[int, int, int, int]:
+    """Integer (x1, y1, x2, y2) covering every face box grown by ``margin`` x its size, clipped to the image."""
+    boxes = np.array([face.bbox for face in faces], np.float32)
+    grow = np.array([margin * max(face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]) for face in faces])
+    x1 = int(max(0, np.floor((boxes[:, 0] - grow).min())))
+    y1 = int(max(0, np.floor((boxes[:, 1] - grow).min())))
+    x2 = int(min(width, np.ceil((boxes[:, 2] + grow).max())))
+    y2 = int(min(height, np.ceil((boxes[:, 3] + grow).max())))
+    return x1, y1, x2, y2
