@@ -124,7 +124,7 @@ class LocalCluster:
     def __init__(self, num_cpus: int, num_gpus: int, metrics_port: int) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self._temp_dir = Path(tempfile.mkdtemp(prefix="mirage-ray-"))
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mirage-ray-"))
         self._num_cpus = num_cpus
         self._num_gpus = num_gpus
         self.metrics_port = metrics_port
@@ -133,7 +133,7 @@ class LocalCluster:
         command = [
             _tool("ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
             f"--num-cpus={self._num_cpus}", f"--num-gpus={self._num_gpus}", "--include-dashboard=false",
-            "--disable-usage-stats", f"--metrics-export-port={self.metrics_port}", f"--temp-dir={self._temp_dir}",
+            "--disable-usage-stats", f"--metrics-export-port={self.metrics_port}", f"--temp-dir={self.temp_dir}",
         ]  # fmt: skip
         logger.info("starting Ray head: %d CPUs, %d GPUs (logical)", self._num_cpus, self._num_gpus)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=_ray_env())
@@ -143,13 +143,18 @@ class LocalCluster:
 
         (``ray stop`` would end every Ray instance of the user on the machine.)
         """
-        pids = _process_tree(str(self._temp_dir))
-        _signal_all(pids, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.2)
-        _signal_all([pid for pid in pids if _alive(pid)], signal.SIGKILL)
-        shutil.rmtree(self._temp_dir, ignore_errors=True)
+        stop_processes(self.temp_dir)
+
+
+def stop_processes(temp_dir: Path) -> None:
+    """SIGTERM, then after STOP_GRACE_S SIGKILL, every process of the cluster rooted at ``temp_dir``; remove it."""
+    pids = _process_tree(str(temp_dir))
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    _signal_all([pid for pid in pids if _alive(pid)], signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _process_table() -> dict[int, tuple[int, str]]:
@@ -245,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             "url": url,
             "ray_address": cluster.address,
             "metrics_port": cluster.metrics_port,
+            "temp_dir": str(cluster.temp_dir),
             "deployments": statuses,
         }
         if args.ready_file:

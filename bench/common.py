@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,6 +137,9 @@ def serve_app(config: Path = CPU_CONFIG, sets: Sequence[str] = (), num_cpus: int
             process.kill()  # the launcher only; its Ray head is named by its own temp dir (see actors.launch)
             process.wait()
             sys.stderr.write(f"warning: launcher did not stop in {STOP_TIMEOUT_S:.0f} s; log: {log_path}\n")
+        else:
+            if process.returncode == 0:
+                shutil.rmtree(work, ignore_errors=True)  # keep the log only when something went wrong
 
 
 # --- a protocol-v1 client -----------------------------------------------------------------------------------------

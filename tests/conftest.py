@@ -17,6 +17,8 @@ from pathlib import Path
 import jwt
 import pytest
 
+from actors.launch import stop_processes
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_JWT_SECRET = "mirage-integration-tests-secret-0123456789"
 START_TIMEOUT_S = 420
@@ -82,4 +84,5 @@ def serve_app() -> Iterator[ServeApp]:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-            subprocess.run(["ray", "stop", "--force"], check=False, capture_output=True)
+            if ready_file.exists():  # end this run's cluster only (other Ray instances may share the machine)
+                stop_processes(Path(json.loads(ready_file.read_text())["temp_dir"]))

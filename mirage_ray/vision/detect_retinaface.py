@@ -77,6 +77,9 @@ def make_session(
 ) -> ort.InferenceSession:
     """An onnxruntime session for ``model`` (bytes or path) with ``threads`` intra-op threads (None: ORT default)."""
     options = ort.SessionOptions()
+    # no busy-waiting worker threads: on a few shared cores they burn the CPU the other replicas need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")

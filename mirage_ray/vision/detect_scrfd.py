@@ -103,6 +103,9 @@ class ScrfdDetector:
 
 def _make_session(model_file: str, providers: Sequence[str] | None, threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    # no busy-waiting worker threads: on a few shared cores they burn the CPU the other replicas need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")

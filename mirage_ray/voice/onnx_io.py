@@ -56,6 +56,9 @@ def make_session(
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     options = ort.SessionOptions()
+    # no busy-waiting worker threads: on a few shared cores they burn the CPU the other replicas need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=list(providers or [CPU_PROVIDER]))
