@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +20,13 @@ from actors.metrics_sink import GpuMemoryReporter, RayMetricsSink
 from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
-from mirage_ray.stages import StageFailure, TestDelay
+from mirage_ray.stages import IdentityMiss, StageFailure, TestDelay
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import VoiceParams
 
 logger = logging.getLogger(__name__)
+
+IDENTITY_CACHE_SIZE = 256  # identities a swapper replica keeps (one per live reference upload)
 
 
 def _configure_batching(method: Any, settings: MirageSettings) -> None:
@@ -38,6 +41,27 @@ def _guarded(stage: str, fn: Any, *args: Any) -> Any:
     except Exception as exc:
         logger.exception("%s failed for one item of a batch", stage)
         return StageFailure(f"{stage}: {type(exc).__name__}: {exc}")
+
+
+class IdentityCache:
+    """LRU of source identities by key: an optimisation inside a stateless deployment (a miss is answered with
+    IdentityMiss and the caller resends the identity in full)."""
+
+    def __init__(self, size: int = IDENTITY_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[str, SourceIdentity] = OrderedDict()
+
+    def resolve(self, identity: SourceIdentity | None, key: str) -> SourceIdentity | None:
+        """Store a full identity under ``key``, or look ``key`` up; None on a miss."""
+        if identity is not None:
+            self._items[key] = identity
+        else:
+            identity = self._items.get(key)
+        if identity is not None:
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return identity
 
 
 class _StageDeployment:
@@ -77,6 +101,7 @@ class SwapperDeployment(_StageDeployment):
         self._swapper, self._choice = build_swapper(settings, ModelRegistry(settings))
         self._delay = TestDelay(settings, "swap")
         self._gpu = GpuMemoryReporter("Swapper", RayMetricsSink())
+        self._identities = IdentityCache()
         _configure_batching(self.swap, settings)
 
     def ready(self) -> dict[str, Any]:
@@ -87,13 +112,23 @@ class SwapperDeployment(_StageDeployment):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def swap(
-        self, images: list[np.ndarray], faces: list[Sequence[Face]], identities: list[SourceIdentity]
-    ) -> list[np.ndarray]:
-        def run() -> list[np.ndarray]:
+        self,
+        images: list[np.ndarray],
+        faces: list[Sequence[Face]],
+        identities: list[SourceIdentity | None],
+        keys: list[str],
+    ) -> list[Any]:
+        """Swap each item; an identity sent in full is cached under its key, a key alone is looked up (a miss
+        answers IdentityMiss and the caller resends the identity)."""
+        resolved = [self._identities.resolve(identity, key) for identity, key in zip(identities, keys, strict=True)]
+
+        def run() -> list[Any]:
             self._delay.sleep()
             self._gpu.maybe_report()
-            jobs = zip(images, faces, identities, strict=True)
-            return [_guarded("swap", self._swapper.swap, *job) for job in jobs]
+            return [
+                IdentityMiss(key) if identity is None else _guarded("swap", self._swapper.swap, image, face, identity)
+                for image, face, identity, key in zip(images, faces, resolved, keys, strict=True)
+            ]
 
         return await asyncio.to_thread(run)
 

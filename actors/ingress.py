@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,7 @@ from actors.metrics_sink import RayMetricsSink
 from mirage_ray.config import MirageSettings
 from mirage_ray.security import build_auth
 from mirage_ray.server import ServerContext, build_app
-from mirage_ray.stages import StageFailure, StageUnavailable
+from mirage_ray.stages import IdentityMiss, StageFailure, StageUnavailable
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import SAMPLE_RATE, VoiceParams
 
@@ -33,6 +35,7 @@ class RayStages:
 
     def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
         self._handles = handles
+        self._identity_keys: weakref.WeakKeyDictionary[SourceIdentity, str] = weakref.WeakKeyDictionary()
 
     async def _call(self, stage: str, method: str, *args: Any) -> Any:
         try:
@@ -50,7 +53,15 @@ class RayStages:
         return await self._call("swapper", "identity", image, face)
 
     async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
-        return await self._call("swapper", "swap", image, list(faces), identity)
+        """The identity travels in full once per replica; after that only its key does (~200 kB saved per frame)."""
+        key = self._identity_keys.get(identity)
+        first = key is None
+        if key is None:
+            key = self._identity_keys[identity] = uuid.uuid4().hex
+        result = await self._call("swapper", "swap", image, list(faces), identity if first else None, key)
+        if isinstance(result, IdentityMiss):  # another replica, or it was evicted: send it in full
+            result = await self._call("swapper", "swap", image, list(faces), identity, key)
+        return result
 
     async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
         return await self._call("enhancer", "restore", crops, fidelity)

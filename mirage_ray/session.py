@@ -41,7 +41,7 @@ Outgoing = Media | dict[str, Any]
 MIN_REFERENCE_FACE_PX = 48  # a reference face smaller than this cannot give a usable identity
 EQUAL_FACES_RATIO = 0.9  # two reference faces this close in size are ambiguous
 ENHANCE_CROP_PX = 512
-SWAP_MARGIN = 0.6  # region sent to the swapper: face boxes grown by this fraction of their size on each side
+SWAP_MARGIN = 0.2  # region sent to the swapper: face boxes grown by this fraction of their size on each side
 US_PER_S = 1_000_000
 
 

@@ -31,6 +31,13 @@ class StageFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class IdentityMiss:
+    """A swapper replica does not hold the identity a request named by key; the caller resends it in full."""
+
+    key: str
+
+
 class Stages(Protocol):
     """What a session needs from the model stages. Every call is stateless."""
 

@@ -1,0 +1,74 @@
+"""The swapper's identity cache: sent in full once, then by key; a miss (other replica, eviction) resends it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.deployments import IdentityCache
+from actors.ingress import RayStages
+from mirage_ray.stages import IdentityMiss
+from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
+from mirage_ray.vision.faces import SourceIdentity
+from mirage_ray.vision.swap_classical import ClassicalSwapper
+from tests.media import astronaut, insightface_image
+
+
+@pytest.fixture(scope="module")
+def swap_setup():
+    detector, swapper = RetinaFaceDetector(), ClassicalSwapper()
+    reference = insightface_image("Tom_Hanks_54745.png")
+    identity = swapper.identity(reference, detector.detect(reference)[0])
+    return swapper, identity, detector.detect(astronaut())[:1]
+
+
+def test_cache_stores_full_identities_and_evicts_the_least_recent() -> None:
+    cache = IdentityCache(size=2)
+    a, b, c = (SourceIdentity("x", face=None) for _ in range(3))  # type: ignore[arg-type]
+    assert cache.resolve(None, "a") is None
+    assert cache.resolve(a, "a") is a and cache.resolve(b, "b") is b
+    assert cache.resolve(None, "a") is a  # touch a: b is now the oldest
+    cache.resolve(c, "c")
+    assert cache.resolve(None, "b") is None and cache.resolve(None, "a") is a
+
+
+class Replica:
+    """What SwapperDeployment.swap does for one item, without Serve's batching machinery."""
+
+    def __init__(self, swapper: ClassicalSwapper) -> None:
+        self.swapper, self.cache = swapper, IdentityCache()
+
+    async def swap(self, image, faces, identity, key):
+        resolved = self.cache.resolve(identity, key)
+        return IdentityMiss(key) if resolved is None else self.swapper.swap(image, faces, resolved)
+
+
+class ScriptedRouter:
+    """Routes each call to the next replica index in ``route`` (Serve's router picks replicas on its own)."""
+
+    def __init__(self, replicas: list[Replica], route: list[int], log: list[tuple[int, bool]]) -> None:
+        self._replicas, self._route, self._log = replicas, iter(route), log
+
+    def remote(self, image, faces, identity, key):
+        replica = next(self._route)
+        self._log.append((replica, identity is not None))
+        return self._replicas[replica].swap(image, faces, identity, key)
+
+
+class Handle:
+    def __init__(self, method: ScriptedRouter) -> None:
+        self.swap = method
+
+
+async def test_ray_stages_sends_the_identity_once_then_only_on_a_miss(swap_setup) -> None:
+    swapper, identity, faces = swap_setup
+    log: list[tuple[int, bool]] = []
+    router = ScriptedRouter([Replica(swapper), Replica(swapper)], [0, 1, 1, 1, 0], log)
+    stages = RayStages({"swapper": Handle(router)})
+    image = astronaut()
+    outputs = [await stages.swap(image, faces, identity) for _ in range(4)]
+    # 1: replica 0 gets it in full; 2: replica 1 gets only the key, misses, and gets it in full on the resend;
+    # 3 and 4: keys only, on both replicas
+    assert log == [(0, True), (1, False), (1, True), (1, False), (0, False)]
+    assert all(np.array_equal(outputs[0], out) for out in outputs[1:])
+    assert not np.array_equal(outputs[0], image)
