@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
 READY_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 1.0
 STOP_GRACE_S = 5.0
+LAUNCH_GRACE_S = 60.0  # beyond the ready timeout: Ray's own start, and the launcher's clean stop
 APP_NAME = "mirage"
 
 
@@ -291,3 +293,55 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class LaunchError(RuntimeError):
+    """The application did not come up; the message carries the tail of the launcher's log."""
+
+
+@contextlib.contextmanager
+def launched(
+    config: Path,
+    *,
+    sets: Sequence[str] = (),
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> Iterator[dict[str, Any]]:
+    """Run ``python -m actors.launch run`` as a child on free loopback ports; yield its ready record (url,
+    ray_address, metrics_port, temp_dir, deployments) once every deployment is RUNNING; SIGTERM it at exit.
+
+    The path tests and benchmarks share, the same one ``make run`` takes."""
+    work = Path(tempfile.mkdtemp(prefix="mirage-launch-"))
+    ready_file, log_path = work / "ready.json", work / "launch.log"
+    command = [
+        sys.executable, "-m", "actors.launch", "run", "--config", str(config), "--port", str(free_port()),
+        "--metrics-port", str(free_port()), "--ready-file", str(ready_file), "--timeout", str(timeout_s),
+    ]  # fmt: skip
+    if num_cpus is not None:
+        command += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        command += ["--num-gpus", str(num_gpus)]
+    for item in sets:
+        command += ["--set", item]
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s + LAUNCH_GRACE_S
+    try:
+        while not ready_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise LaunchError(f"the app did not start (exit {process.poll()}):\n{log_path.read_text()[-4000:]}")
+            time.sleep(POLL_INTERVAL_S / 2)
+        yield json.loads(ready_file.read_text())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=LAUNCH_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            if ready_file.exists():  # end that run's cluster only (other Ray instances may share the machine)
+                stop_processes(Path(json.loads(ready_file.read_text())["temp_dir"]))
+        shutil.rmtree(work, ignore_errors=True)

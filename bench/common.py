@@ -13,12 +13,7 @@ import datetime
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +24,13 @@ import jwt
 import numpy as np
 import websockets
 
+from actors.launch import launched
 from mirage_ray import protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
 BENCH_JWT_SECRET = "mirage-bench-secret-0123456789abcdefghij"  # loopback-only app started by the bench itself
 START_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 60.0
 MAX_MESSAGE_BYTES = 2**24
 
 
@@ -76,12 +71,6 @@ def load_line() -> str:
 
 
 # --- a real Serve application ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class ServeApp:
     url: str
@@ -95,33 +84,12 @@ class ServeApp:
         return jwt.encode(claims, BENCH_JWT_SECRET, algorithm="HS256")
 
 
-class ServeStartError(RuntimeError):
-    """The Serve application did not come up."""
-
-
 @contextlib.contextmanager
 def serve_app(config: Path = CPU_CONFIG, sets: Sequence[str] = (), num_cpus: int = 2) -> Iterator[ServeApp]:
-    """Start ``python -m actors.launch run`` on loopback, yield once every deployment is RUNNING, SIGTERM at exit."""
-    port, metrics_port = free_port(), free_port()
-    work = Path(tempfile.mkdtemp(prefix="mirage-bench-"))
-    ready_file, log_path = work / "ready.json", work / "launch.log"
-    env = dict(os.environ, MIRAGE_JWT_SECRET=BENCH_JWT_SECRET, PYTHONUNBUFFERED="1")
-    command = [
-        sys.executable, "-m", "actors.launch", "run", "--config", str(config), "--port", str(port),
-        "--metrics-port", str(metrics_port), "--ready-file", str(ready_file), "--num-cpus", str(num_cpus),
-        "--timeout", str(START_TIMEOUT_S - 20),
-    ]  # fmt: skip
-    for item in sets:
-        command += ["--set", item]
+    """The app started by ``python -m actors.launch run`` on loopback (actors.launch.launched), stopped at exit."""
     started = time.monotonic()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        while not ready_file.exists():
-            if process.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
-                raise ServeStartError(f"Serve app did not start (exit {process.poll()}); log: {log_path}")
-            time.sleep(0.5)
-        ready = json.loads(ready_file.read_text())
+    env = {"MIRAGE_JWT_SECRET": BENCH_JWT_SECRET}
+    with launched(config, sets=sets, num_cpus=num_cpus, env=env, timeout_s=START_TIMEOUT_S) as ready:
         url = ready["url"]
         yield ServeApp(
             url=url,
@@ -129,17 +97,6 @@ def serve_app(config: Path = CPU_CONFIG, sets: Sequence[str] = (), num_cpus: int
             ray_address=ready["ray_address"],
             start_s=time.monotonic() - started,
         )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()  # the launcher only; its Ray head is named by its own temp dir (see actors.launch)
-            process.wait()
-            sys.stderr.write(f"warning: launcher did not stop in {STOP_TIMEOUT_S:.0f} s; log: {log_path}\n")
-        else:
-            if process.returncode == 0:
-                shutil.rmtree(work, ignore_errors=True)  # keep the log only when something went wrong
 
 
 # --- a protocol-v1 client -----------------------------------------------------------------------------------------
