@@ -170,6 +170,7 @@ def build_converters(
             registry.require("rmvpe"),
             registry.voices_dir(),
             providers=onnx_providers(settings),
+            fp16=settings.voice_fp16,
         )
         return primary, WorldConverter(), _log(Choice("voice", primary.name, reason, False))
     world = WorldConverter()

@@ -34,7 +34,6 @@ class MirageSettings(BaseSettings):
     # --- serving --------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    route_prefix: str = "/"
     sessions_per_replica: int = Field(8, ge=1, le=256, description="max WebSocket sessions per ingress replica")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -115,12 +114,14 @@ class MirageSettings(BaseSettings):
         default_factory=dict, description="test-only: extra ms added per call to a stage (detect/swap/enhance/voice)"
     )
 
-    @field_validator("route_prefix")
+    @field_validator("voice_preset")
     @classmethod
-    def _route_prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value.rstrip("/") or "/"
+    def _known_preset(cls, value: str) -> str:
+        from mirage_ray.voice.presets import PRESETS
+
+        if value not in PRESETS:
+            raise ValueError(f"must be one of {', '.join(PRESETS)}, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _chunk_bounds(self) -> MirageSettings:

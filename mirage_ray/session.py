@@ -43,6 +43,7 @@ EQUAL_FACES_RATIO = 0.9  # two reference faces this close in size are ambiguous
 ENHANCE_CROP_PX = 512
 SWAP_MARGIN = 0.2  # region sent to the swapper: face boxes grown by this fraction of their size on each side
 US_PER_S = 1_000_000
+PROTOCOL_LEVEL_ERRORS = frozenset({ErrorCode.BAD_HEADER, ErrorCode.BAD_KIND, ErrorCode.BAD_JSON})
 
 
 class Session:
@@ -141,7 +142,10 @@ class Session:
         self.metrics.invalid_message()
         code = error.code if isinstance(error, ProtocolError) else ErrorCode.BAD_PAYLOAD
         if self._invalid.should_abandon:
-            self.close_code = CloseCode.ABANDONED
+            # the message that tipped the window decides: a broken framing/JSON stream is a protocol error (4002),
+            # undecodable payloads are an abandoned session (4003)
+            framing = isinstance(error, ProtocolError) and error.code in PROTOCOL_LEVEL_ERRORS
+            self.close_code = CloseCode.PROTOCOL_ERROR if framing else CloseCode.ABANDONED
             self.close_reason = f"more than {self.settings.invalid_ratio_abandon:.0%} of recent messages were invalid"
         return [protocol.error(code, f"invalid {kind}: {error}")]
 

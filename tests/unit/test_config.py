@@ -27,9 +27,9 @@ def test_overrides_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("max_faces", 0, "greater than or equal to 1"),
         ("codeformer_fidelity", 1.5, "less than or equal to 1"),
         ("chunk_ms", 600, "[min_chunk_ms, max_chunk_ms] = [80, 480]"),
-        ("route_prefix", "mirage", "must start with '/'"),
         ("detector", "yolo", "'auto', 'scrfd' or 'retinaface'"),
         ("no_such_setting", 1, "Extra inputs are not permitted"),
+        ("voice_preset", "squeaky", "must be one of neutral, deeper, brighter"),
     ],
 )
 def test_bad_values_are_refused_with_the_range(field: str, value: object, message: str) -> None:

@@ -251,6 +251,14 @@ def test_invalid_frames_are_answered_then_abandoned_4003(client: TestClient) -> 
         assert closed_with(ws) == CloseCode.ABANDONED
 
 
+def test_a_stream_of_broken_headers_closes_4002(client: TestClient) -> None:
+    with connect(client, token()) as ws:
+        receive_json(ws, "hello")
+        for _ in range(200):
+            ws.send_bytes(b"\x07" * 20)  # unknown kind
+        assert closed_with(ws) == CloseCode.PROTOCOL_ERROR
+
+
 def test_oversized_message_closes_1009(backends: dict) -> None:
     with make_client(backends, max_frame_bytes=4096) as small, connect(small, token()) as ws:
         receive_json(ws, "hello")
