@@ -225,6 +225,26 @@ def deploy(config: Path, address: str) -> None:
     )
 
 
+def check_config(config: Path) -> str | None:
+    """What stops this configuration from starting (invalid settings, no JWT key off loopback), or None.
+
+    The app builder checks the same on the cluster; checking here first gives a clear message before Ray starts.
+    """
+    from pydantic import ValidationError
+
+    from mirage_ray.config import load_settings
+    from mirage_ray.security import ConfigurationError, build_auth
+
+    for app in yaml.safe_load(config.read_text())["applications"]:
+        try:
+            build_auth(load_settings(**app.get("args", {})))
+        except ValidationError as exc:
+            return f"invalid setting in {app['name']}: {exc}"
+        except ConfigurationError as exc:
+            return str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     gpus = count_gpus() if args.num_gpus is None else args.num_gpus
     source = Path(args.config) if args.config else (GPU_CONFIG if gpus > 0 else CPU_CONFIG)
@@ -241,6 +261,10 @@ def run(args: argparse.Namespace) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="mirage-config-"))
     try:
         config = write_config(source, args.host, args.port, parse_sets(args.set), work_dir)
+        problem = check_config(config)
+        if problem:
+            logger.error("refusing to start: %s", problem)
+            return 2
         cluster.start()
         logger.info("deploying %s", source.name)
         deploy(config, cluster.address)
