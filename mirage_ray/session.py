@@ -442,7 +442,7 @@ class Session:
         body["fps_in"] = round((frames_in - last_in) / elapsed, 2) if elapsed > 0 else 0.0
         body["fps_out"] = round((frames_out - last_out) / elapsed, 2) if elapsed > 0 else 0.0
         self._last_stats = (now, frames_in, frames_out)
-        body["runtime_ratio"] = body["ratio"]
+        body["runtime_ratio"] = body["ratio"]["audio"]  # the voice's runtime/real (the seed's ratio)
         body["audio"].update(
             chunk_ms=self._audio.chunk_ms,
             samples_in=self.samples_in,

@@ -306,6 +306,7 @@ def test_stats_arrive_about_once_a_second(client: TestClient) -> None:
         stats = receive_json(ws, "stats")
     assert stats["frames"]["in"] == 1
     assert "timings_ms" in stats and "degrade_level" in stats
+    assert stats["runtime_ratio"] is None  # the voice's runtime/real: a number once audio flows, none yet
 
 
 def test_stats_endpoint_lists_live_sessions(client: TestClient) -> None:
