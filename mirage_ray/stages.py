@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,8 @@ from mirage_ray.config import MirageSettings
 from mirage_ray.vision.base import Detector, Enhancer, Swapper
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import VoiceConverter, VoiceParams
+
+T = TypeVar("T")
 
 
 class StageUnavailable(RuntimeError):
@@ -84,7 +86,6 @@ class LocalStages:
         converter: VoiceConverter,
         fallback_converter: VoiceConverter,
     ) -> None:
-        self._settings = settings
         self.detector = detector
         self.swapper = swapper
         self.enhancer = enhancer
@@ -92,12 +93,14 @@ class LocalStages:
         self.fallback_converter = fallback_converter
         self.delays = {stage: TestDelay(settings, stage) for stage in ("detect", "swap", "enhance", "voice")}
 
-    def _run(self, stage: str, fn, *args):  # type: ignore[no-untyped-def]
-        def call():  # type: ignore[no-untyped-def]
+    async def _run(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` off the event loop, after the stage's test delay (0 unless a test sets one)."""
+
+        def call() -> T:
             self.delays[stage].sleep()
             return fn(*args)
 
-        return asyncio.to_thread(call)
+        return await asyncio.to_thread(call)
 
     async def detect(self, image: np.ndarray) -> list[Face]:
         return await self._run("detect", self.detector.detect, image)
