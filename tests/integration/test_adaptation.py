@@ -91,8 +91,9 @@ async def test_slowed_swapper_steps_down_the_ladder_in_order_then_restores(serve
         assert steps == [lv.as_directive() for lv in ladder[1 : first_resolution_step + 1]]  # quality, fps, size
         # JPEG quality steps come first, then fps toward 15, then resolution
         assert [s["jpeg_quality"] for s in steps[:3]] == [75, 65, 55] and steps[4]["fps"] == 15.0
-        set_stage_delay(serve_app, "Swapper", 0.0)
+        # frames processed before the delay is lifted: none of them can count toward the 300 stable ones
         stats_before = client.json["stats"][-1]["frames"]["out"]
+        set_stage_delay(serve_app, "Swapper", 0.0)
         try:
             await client.wait_for(
                 lambda: any(d.get("reason") == "restore" for d in client.json["directive"]), 90, "a restore directive"
