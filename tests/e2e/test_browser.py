@@ -91,6 +91,8 @@ def test_page_streams_echoes_and_controls(
     reference = _mirage(page)["lastReference"]
     assert reference["ok"] is True and reference["faces"] >= 1
     assert page.text_content("#referenceStatus").startswith("ok")
+    _wait_js(page, "m.passthrough === false")  # frames now come back swapped (flag bit 0 clear)
+    assert not page.is_visible("#badge")
     page.set_input_files("#reference", str(e2e_media.broken_jpeg))
     _wait_js(page, "m.lastReference.ok === false")
     assert page.text_content("#referenceStatus").startswith("error")
