@@ -8,6 +8,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import pyworld
 
 from mirage_ray import protocol
 from mirage_ray.codec import float_to_pcm16, pcm16_to_float
@@ -82,5 +83,14 @@ async def test_spoken_sentence_in_real_time_comes_back_converted_in_order(serve_
         aligned_out = output[latency:]
         assert np.sqrt(np.mean(aligned_out**2)) > 0.3 * np.sqrt(np.mean(aligned_in**2))  # speech, not silence
         assert np.abs(aligned_out - aligned_in).mean() > 0.2 * np.abs(aligned_in).mean()  # converted, not echoed
+        # the default preset ("deeper", -4 semitones), measured by pyworld's harvest tracker on what came back
+        f0_in, f0_out = (
+            pyworld.harvest(x.astype(np.float64), 16000, f0_floor=50.0, f0_ceil=900.0, frame_period=10.0)[0]
+            for x in (aligned_in, aligned_out)
+        )
+        voiced = (f0_in > 0) & (f0_out > 0)
+        assert voiced.sum() > 100
+        cents = 1200.0 * np.log2(f0_out[voiced] / f0_in[voiced])
+        assert abs(np.median(cents) - 100.0 * hello["settings"]["pitch_semitones"]) < 50.0
     finally:
         await client.close()
