@@ -43,6 +43,22 @@ def _guarded(stage: str, fn: Any, *args: Any) -> Any:
         return StageFailure(f"{stage}: {type(exc).__name__}: {exc}")
 
 
+def cap_torch_gpu_memory(limit_mb: int) -> float | None:
+    """Bound torch's allocator in this replica's process to ``limit_mb`` (the fraction set), when CUDA is present.
+
+    Process-wide by nature, which is right here: a replica process holds only this deployment's model.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    fraction = min(1.0, limit_mb * 1024 * 1024 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    logger.info("torch GPU memory capped at %d MiB (%.0f%% of the device)", limit_mb, 100 * fraction)
+    return fraction
+
+
 class IdentityCache:
     """LRU of source identities by key: an optimisation inside a stateless deployment (a miss is answered with
     IdentityMiss and the caller resends the identity in full)."""
@@ -137,6 +153,8 @@ class EnhancerDeployment(_StageDeployment):
     def __init__(self, settings: MirageSettings) -> None:
         self._settings = settings
         self._enhancer, self._choice = build_enhancer(settings, ModelRegistry(settings))
+        if not self._choice.fallback:  # CodeFormer on torch: bound its allocator (weights count toward the cap)
+            cap_torch_gpu_memory(settings.gpu_mem_limit_mb)
         self._delay = TestDelay(settings, "enhance")
         self._gpu = GpuMemoryReporter("Enhancer", RayMetricsSink())
 
