@@ -67,10 +67,6 @@ class Header:
     seq: int
     capture_us: int
 
-    @property
-    def passthrough(self) -> bool:
-        return bool(self.flags & FLAG_PASSTHROUGH)
-
 
 def pack(kind: int, seq: int, capture_us: int, payload: bytes, flags: int = 0) -> bytes:
     """One binary message: 16-byte little-endian header + payload."""

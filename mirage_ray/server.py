@@ -45,7 +45,6 @@ class ServerContext:
     backends: dict[str, Any]
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     controller_push: ControllerPush | None = None
-    on_session_end: Callable[[Session], None] | None = None
     metrics_sink: MetricsSink | None = None
     sessions: dict[str, Session] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=lambda: {"sessions_started": 0, "sessions_refused": 0})
@@ -112,7 +111,7 @@ def build_app(ctx: ServerContext) -> Starlette:
             await refuse(CloseCode.TRY_AGAIN, "server at capacity, try again later")
             return
         await websocket.accept(subprotocol=subprotocol)
-        session = Session(ctx.settings, ctx.stages, ctx.backends, subject=principal.subject, sink=ctx.metrics_sink)
+        session = Session(ctx.settings, ctx.stages, ctx.backends, sink=ctx.metrics_sink)
         ctx.sessions[session.id] = session
         ctx.totals["sessions_started"] += 1
         logger.info("session %s started for %s", session.id, principal.subject)
@@ -126,8 +125,6 @@ def build_app(ctx: ServerContext) -> Starlette:
                 logger.debug("session %s: socket already closed", session.id)
         finally:
             ctx.sessions.pop(session.id, None)
-            if ctx.on_session_end is not None:
-                ctx.on_session_end(session)
             logger.info("session %s ended", session.id)
 
     routes = [

@@ -56,12 +56,10 @@ class Session:
         backends: dict[str, Any],
         session_id: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        subject: str = "anonymous",
         sink: MetricsSink | None = None,
     ) -> None:
         self.settings = settings
         self.id = session_id or uuid.uuid4().hex[:12]
-        self.subject = subject
         self._stages = stages
         self._backends = backends
         self._clock = clock

@@ -52,11 +52,6 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
 
 
-def template_for(size: int, template: np.ndarray, template_size: int) -> np.ndarray:
-    """A template rescaled from ``template_size`` to ``size`` pixels."""
-    return (template * (size / float(template_size))).astype(np.float32)
-
-
 def warp_face(image: np.ndarray, kps: np.ndarray, template: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Aligned ``size``x``size`` crop of the face whose 5 keypoints are ``kps``, and the 2x3 image->crop matrix."""
     matrix = similarity_matrix(kps, template)

@@ -13,7 +13,6 @@ class PassthroughSwapper:
     """Returns the frame unchanged; the session reports every frame as passthrough."""
 
     name = "passthrough"
-    passthrough = True
 
     def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
         return SourceIdentity(backend=self.name, face=face)
