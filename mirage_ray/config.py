@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mirage_ray.protocol import MAX_JSON_BYTES, MAX_JSON_DEPTH
+
 DetectorChoice = Literal["auto", "scrfd", "retinaface"]
 SwapperChoice = Literal["auto", "inswapper", "classical", "passthrough"]
 EnhancerChoice = Literal["auto", "codeformer", "none"]
@@ -54,6 +56,14 @@ class MirageSettings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, le=8192 * 8192)
     invalid_window: int = Field(200, ge=10, le=10_000)
     invalid_ratio_abandon: float = Field(0.30, gt=0.0, le=1.0)
+    max_connections_per_address_per_s: float = Field(5.0, ge=0.1, le=1000.0)
+    address_connection_burst: int = Field(20, ge=1, le=10_000)
+    max_connections_per_subject_per_s: float = Field(5.0, ge=0.1, le=1000.0)
+    subject_connection_burst: int = Field(20, ge=1, le=10_000)
+    max_sessions_per_subject: int = Field(8, ge=1, le=10_000, description="concurrent sessions per token sub")
+    max_bytes_per_s: int = Field(8_000_000, ge=16_000, le=1_000_000_000, description="inbound bytes per session")
+    max_json_bytes: int = Field(MAX_JSON_BYTES, ge=256, le=16 * 1024 * 1024)
+    max_json_depth: int = Field(MAX_JSON_DEPTH, ge=2, le=256)
 
     # --- video ----------------------------------------------------------------------------------
     video_width: int = Field(512, ge=64, le=1920)

@@ -6,9 +6,12 @@ Nothing else in the code base slices bytes or builds protocol JSON by hand.
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import accumulate
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -20,6 +23,9 @@ FLAG_PASSTHROUGH = 0x01
 UINT32_MOD = 1 << 32
 PCM_SAMPLE_BYTES = 2
 SAMPLES_PER_10MS = 160
+MAX_JSON_BYTES = 65_536  # control messages are tiny; a text message above this is refused before parsing
+MAX_JSON_DEPTH = 32  # nesting of arrays/objects; far below the interpreter's recursion limit
+ECHO_CHARS = 80  # a refused value is quoted back at most this long
 
 
 class Kind(IntEnum):
@@ -85,12 +91,55 @@ def unpack(message: bytes) -> tuple[Header, bytes]:
     return Header(kind, flags, seq, capture_us), bytes(message[HEADER_SIZE:])
 
 
-def parse_text(text: str) -> dict[str, Any]:
-    """A client JSON message; raises :class:`ProtocolError` unless it is an object with a string ``type``."""
+# a JSON string literal (the unrolled form: linear time, no backtracking) and the characters that nest
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of arrays/objects in ``text``, brackets inside strings not counted; C-speed, no recursion.
+
+    On malformed JSON it may over-count (an unterminated string), never under-count what the parser would reach.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ProtocolError(ErrorCode.BAD_JSON, f"text message contains {name}, which is not JSON")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"number {literal[:ECHO_CHARS]} is out of range")
+    return value
+
+
+def parse_text(text: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A client JSON message; raises :class:`ProtocolError` unless it is an object with a string ``type``.
+
+    Bounded before parsing: at most ``max_bytes`` of UTF-8 and ``max_depth`` levels of nesting. ``NaN``,
+    ``Infinity`` and numbers beyond a double are refused (they could not be sent back as JSON).
+    No input raises anything but :class:`ProtocolError`.
+    """
+    if not isinstance(text, str):
+        raise ProtocolError(ErrorCode.BAD_JSON, "text message must be a string")
+    size = len(text) if len(text) * 4 <= max_bytes else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text message of {size} bytes exceeds max_json_bytes={max_bytes}")
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text message nests {depth} levels; max_json_depth={max_depth}")
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"text message is not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer beyond the interpreter's digit limit
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text message is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError(ErrorCode.BAD_JSON, "text message must be a JSON object with a string 'type'")
     return message
@@ -167,6 +216,15 @@ BOOL_SETTINGS = ("swap", "enhance")
 STRING_SETTINGS = ("voice",)
 
 
+def _echo(value: Any) -> str:
+    """A refused value as quoted back to the client: its repr, cut to ``ECHO_CHARS``."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond the interpreter's digit limit
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
 def parse_settings(message: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Valid settings from a ``settings`` message, and one human message per refused field (with its range).
 
@@ -182,7 +240,7 @@ def parse_settings(message: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         valid_type = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not valid_type or not low <= value <= high:
             kind = "an integer" if integer else "a number"
-            refused.append(f"{name} must be {kind} in [{low}, {high}], got {value!r}")
+            refused.append(f"{name} must be {kind} in [{low}, {high}], got {_echo(value)}")
         else:
             accepted[name] = int(value) if integer else float(value)
     for name in BOOL_SETTINGS:
@@ -190,13 +248,13 @@ def parse_settings(message: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             if isinstance(message[name], bool):
                 accepted[name] = message[name]
             else:
-                refused.append(f"{name} must be true or false, got {message[name]!r}")
+                refused.append(f"{name} must be true or false, got {_echo(message[name])}")
     for name in STRING_SETTINGS:
         if name in message:
             if isinstance(message[name], str) and 0 < len(message[name]) <= 64:
                 accepted[name] = message[name]
             else:
-                refused.append(f"{name} must be a voice name (1-64 characters), got {message[name]!r}")
+                refused.append(f"{name} must be a voice name (1-64 characters), got {_echo(message[name])}")
     return accepted, refused
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 import jwt
@@ -176,3 +176,106 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
     return origin is not None and origin.rstrip("/") in {a.rstrip("/") for a in allowed}
+
+
+MAX_TRACKED_KEYS = 10_000  # addresses/subjects with a live bucket; the least recently seen is forgotten beyond this
+BYTE_BURST_S = 2.0  # a session may send this many seconds' worth of bytes at once
+
+
+class KeyedBuckets:
+    """One :class:`TokenBucket` per key (client address, token subject), at most ``max_keys`` of them (LRU)."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_keys: int = MAX_TRACKED_KEYS) -> None:
+        self._rate = rate_per_s
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
+            if len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.allow(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class ConnectionLimiter:
+    """New connections per client address and per token subject, and concurrent sessions per subject.
+
+    ``check_address`` runs before the token is verified (so a flood costs no signature checks), ``check_subject``
+    after; each returns the reason for refusing (close 4029), or None. ``session_started``/``session_ended``
+    bracket every accepted session.
+    """
+
+    def __init__(
+        self,
+        per_address_per_s: float,
+        address_burst: int,
+        per_subject_per_s: float,
+        subject_burst: int,
+        max_sessions_per_subject: int,
+        max_keys: int = MAX_TRACKED_KEYS,
+    ) -> None:
+        self._addresses = KeyedBuckets(per_address_per_s, address_burst, max_keys)
+        self._subjects = KeyedBuckets(per_subject_per_s, subject_burst, max_keys)
+        self._max_sessions = max_sessions_per_subject
+        self._live: Counter[str] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: MirageSettings) -> ConnectionLimiter:
+        return cls(
+            settings.max_connections_per_address_per_s,
+            settings.address_connection_burst,
+            settings.max_connections_per_subject_per_s,
+            settings.subject_connection_burst,
+            settings.max_sessions_per_subject,
+        )
+
+    def check_address(self, address: str | None, now: float) -> str | None:
+        if not self._addresses.allow(address or "unknown", now):
+            return "connection rate limit exceeded for this address"
+        return None
+
+    def check_subject(self, subject: str, now: float) -> str | None:
+        if self._live[subject] >= self._max_sessions:
+            return f"too many concurrent sessions for this token (max {self._max_sessions})"
+        if not self._subjects.allow(subject, now):
+            return "connection rate limit exceeded for this token"
+        return None
+
+    def check(self, address: str | None, subject: str, now: float) -> str | None:
+        """Both checks at once (the address first)."""
+        return self.check_address(address, now) or self.check_subject(subject, now)
+
+    def session_started(self, subject: str) -> None:
+        self._live[subject] += 1
+
+    def session_ended(self, subject: str) -> None:
+        self._live[subject] -= 1
+        if self._live[subject] <= 0:
+            del self._live[subject]
+
+    def sessions(self, subject: str) -> int:
+        return self._live.get(subject, 0)
+
+
+class ByteRate:
+    """Bytes per second of one session (token bucket where each byte is a token); False means close with 4029."""
+
+    def __init__(self, max_bytes_per_s: float, burst_bytes: float) -> None:
+        self._bucket = TokenBucket(max_bytes_per_s, int(burst_bytes))
+
+    @classmethod
+    def from_settings(cls, settings: MirageSettings) -> ByteRate:
+        """Burst: ``BYTE_BURST_S`` of the rate, and never less than one message of ``max_frame_bytes``."""
+        burst = max(settings.max_bytes_per_s * BYTE_BURST_S, settings.max_frame_bytes)
+        return cls(settings.max_bytes_per_s, burst)
+
+    def allow(self, nbytes: int, now: float) -> bool:
+        return self._bucket.allow(now, cost=float(nbytes))

@@ -24,7 +24,7 @@ from mirage_ray import protocol
 from mirage_ray.config import LOOPBACK_HOSTS, MirageSettings
 from mirage_ray.metrics import MetricsSink, aggregate
 from mirage_ray.protocol import CloseCode
-from mirage_ray.security import AuthError, AuthSetup, TokenBucket, origin_allowed
+from mirage_ray.security import AuthError, AuthSetup, ConnectionLimiter, TokenBucket, origin_allowed
 from mirage_ray.session import Session
 from mirage_ray.stages import Stages
 from mirage_ray.transport import Connection, ControllerPush
@@ -53,6 +53,7 @@ class ServerContext:
 def build_app(ctx: ServerContext) -> Starlette:
     """The Starlette application for one ingress replica."""
     connections = TokenBucket(ctx.settings.max_connections_per_s, ctx.settings.connection_burst)
+    limits = ConnectionLimiter.from_settings(ctx.settings)
 
     async def index(_: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html")
@@ -98,6 +99,11 @@ def build_app(ctx: ServerContext) -> Starlette:
         if not origin_allowed(websocket.headers.get("origin"), ctx.settings.allowed_origins):
             await refuse(CloseCode.POLICY, "origin not allowed")
             return
+        # per address before the replica-wide bucket: one flooding address must not spend everyone's tokens
+        client_address = websocket.client.host if websocket.client else None
+        if (refused := limits.check_address(client_address, time.monotonic())) is not None:
+            await refuse(CloseCode.RATE_LIMITED, refused)
+            return
         if not connections.allow(time.monotonic()):
             await refuse(CloseCode.RATE_LIMITED, "connection rate limit exceeded")
             return
@@ -107,6 +113,9 @@ def build_app(ctx: ServerContext) -> Starlette:
         except AuthError as exc:
             await refuse(CloseCode.POLICY, f"authentication failed: {exc}")
             return
+        if (refused := limits.check_subject(principal.subject, time.monotonic())) is not None:
+            await refuse(CloseCode.RATE_LIMITED, refused)
+            return
         if len(ctx.sessions) >= ctx.settings.sessions_per_replica:
             await refuse(CloseCode.TRY_AGAIN, "server at capacity, try again later")
             return
@@ -115,6 +124,7 @@ def build_app(ctx: ServerContext) -> Starlette:
         ctx.sessions[session.id] = session
         ctx.totals["sessions_started"] += 1
         logger.info("session %s started for %s", session.id, principal.subject)
+        limits.session_started(principal.subject)
         try:
             await Connection(websocket, session, principal.expires_at, ctx.controller_push).run()
         except Exception:
@@ -124,6 +134,7 @@ def build_app(ctx: ServerContext) -> Starlette:
             except Exception:  # already closed
                 logger.debug("session %s: socket already closed", session.id)
         finally:
+            limits.session_ended(principal.subject)
             ctx.sessions.pop(session.id, None)
             logger.info("session %s ended", session.id)
 

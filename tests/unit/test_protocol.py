@@ -95,3 +95,48 @@ def test_bearer_from_subprotocols() -> None:
     assert protocol.bearer_from_subprotocols(["mirage.v1", "bearer.abc.def"]) == "abc.def"
     assert protocol.bearer_from_subprotocols(["mirage.v1", "bearer."]) is None
     assert protocol.bearer_from_subprotocols([]) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[" * 50_000, "nests"),
+        ('{"type": "ping", "t": ' + "[" * 33 + "]" * 33 + "}", "nests"),
+        ('{"type": "ping", "t": "' + "x" * 70_000 + '"}', "max_json_bytes"),
+        ('{"type": "ping", "t": NaN}', "NaN"),
+        ('{"type": "ping", "t": -Infinity}', "Infinity"),
+        ('{"type": "ping", "t": 1e400}', "out of range"),
+        ('{"type": "ping", "t": ' + "9" * 5000 + "}", "not usable JSON"),
+        ("", "not JSON"),
+        ('"\ud800"', "JSON object"),
+        ("null", "JSON object"),
+    ],
+)
+def test_hostile_text_raises_only_protocol_errors(text: str, why: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_text(text)
+    assert info.value.code == protocol.ErrorCode.BAD_JSON
+    assert why in str(info.value)
+
+
+def test_nesting_at_the_limit_and_brackets_inside_strings_are_allowed() -> None:
+    nested = '{"type": "ping", "t": ' + "[" * 31 + "]" * 31 + "}"  # 32 levels with the object
+    assert protocol.json_depth(nested) == 32
+    assert protocol.parse_text(nested)["type"] == "ping"
+    quoted = '{"type": "ping", "t": "' + "[{" * 1000 + '\\" ]"}'
+    assert protocol.json_depth(quoted) == 1
+    assert protocol.parse_text(quoted)["t"].startswith("[{[{")
+
+
+def test_parse_text_limits_are_parameters() -> None:
+    with pytest.raises(ProtocolError, match="max_json_depth=2"):
+        protocol.parse_text('{"type": "ping", "t": [[1]]}', max_depth=2)
+    with pytest.raises(ProtocolError, match="max_json_bytes=10"):
+        protocol.parse_text('{"type": "ping"}', max_bytes=10)
+    with pytest.raises(ProtocolError, match="bytes"):  # counted in UTF-8 bytes, not characters
+        protocol.parse_text('{"type": "' + "é" * 10 + '"}', max_bytes=25)
+
+
+def test_refused_settings_quote_the_value_briefly() -> None:
+    _, refused = protocol.parse_settings({"voice": "v" * 10_000, "fidelity": [0] * 10_000})
+    assert len(refused) == 2 and all(len(reason) < 200 for reason in refused)
