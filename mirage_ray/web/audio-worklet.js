@@ -10,6 +10,8 @@ const ZERO_CROSSINGS = 16; // per side, at the lower of the two rates
 const PASSBAND = 0.92; // cutoff as a fraction of the output Nyquist frequency
 const TABLE_STEPS_PER_SAMPLE = 512; // kernel table resolution, per input sample
 const PCM16_MAX = 32767;
+const RENDER_QUANTUM = 128;
+const MAX_GAP_FILL_S = 2; // a longer pause in rendering re-anchors the clock instead of inserting silence
 
 /** Blackman-windowed sinc low-pass sampled on a fine grid over [0, halfWidth] input samples. */
 function buildKernel(cutoff, halfWidth) {
@@ -130,23 +132,50 @@ class MirageCaptureProcessor extends AudioWorkletProcessor {
     }
   }
 
-  process(inputs) {
-    if (!this.running) return false;
-    const input = inputs[0];
-    if (!input || input.length === 0) return true; // not connected yet
-    if (this.startTime === null) this.startTime = currentTime;
-    let mono = input[0];
-    if (input.length > 1) {
-      mono = new Float32Array(input[0].length);
-      for (const channel of input) for (let i = 0; i < mono.length; i += 1) mono[i] += channel[i] / input.length;
+  /**
+   * Chromium may skip render quanta right after a node starts (measured: ~90 ms). Samples are stamped as
+   * start + position, so a skipped stretch is filled with silence to keep positions on the context clock.
+   */
+  fillGap() {
+    const missing = Math.round((currentTime - this.startTime) * sampleRate) - this.inputSamples;
+    if (missing < RENDER_QUANTUM / 2) return;
+    if (missing > MAX_GAP_FILL_S * sampleRate) {
+      this.startTime = currentTime - this.inputSamples / sampleRate; // re-anchor (shifts later stamps only)
+      return;
     }
-    const resampled = this.resampler.push(mono);
+    this.inputSamples += missing;
+    this.emit(this.resampler.push(new Float32Array(missing)));
+  }
+
+  emit(resampled) {
     for (let i = 0; i < resampled.length; i += 1) {
+      if (this.fill === this.stage.length) this.flushFullChunks(); // a chunk is at most half the stage
       const clamped = Math.max(-1, Math.min(1, resampled[i]));
       this.stage[this.fill] = Math.round(clamped * PCM16_MAX);
       this.fill += 1;
     }
     this.flushFullChunks();
+  }
+
+  process(inputs) {
+    if (!this.running) return false;
+    const input = inputs[0];
+    const connected = input && input.length > 0;
+    if (!connected && this.startTime === null) return true; // not connected yet
+    if (this.startTime === null) {
+      this.startTime = currentTime;
+      this.inputSamples = 0;
+    }
+    this.fillGap();
+    // While the source is swapped (another microphone) the input is empty: count silence, so that the chunks'
+    // times (start + samples emitted) stay on the context clock.
+    let mono = connected ? input[0] : new Float32Array(RENDER_QUANTUM);
+    this.inputSamples += mono.length;
+    if (connected && input.length > 1) {
+      mono = new Float32Array(input[0].length);
+      for (const channel of input) for (let i = 0; i < mono.length; i += 1) mono[i] += channel[i] / input.length;
+    }
+    this.emit(this.resampler.push(mono));
     return true;
   }
 }

@@ -1,17 +1,43 @@
-// Media plumbing for the page: camera frames → JPEG, microphone → 16 kHz PCM16 chunks (via the worklet), and
-// gap-free playback of returned PCM16 on a scheduled timeline. No protocol bytes here (see protocol.js).
+// Media capture for the page: device choice, camera frames → JPEG, microphone → 16 kHz PCM16 chunks (via the
+// worklet), and the context → performance clock mapping. Playback lives in playout.js; protocol bytes in protocol.js.
 
-import { SAMPLE_RATE_HZ } from "./protocol.js";
+const CAMERA_CONSTRAINTS = Object.freeze({ width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } });
+const CAPTURE_TIME_MAX_AGE_MS = 1000; // a camera frame's own capture time older than this is not trusted
 
-export const MEDIA_CONSTRAINTS = Object.freeze({
-  video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
-  audio: {
-    channelCount: 1,
-    echoCancellation: false,
-    noiseSuppression: false,
-    autoGainControl: false,
-  },
-});
+/**
+ * getUserMedia constraints. Echo cancellation is a choice (on by default: without headphones the speakers feed the
+ * returned voice back into the microphone); noise suppression and automatic gain control stay off so that the
+ * voice converter gets the voice as it is.
+ */
+export function mediaConstraints({ cameraId = "", micId = "", echoCancellation = true } = {}) {
+  return {
+    video: { ...CAMERA_CONSTRAINTS, ...(cameraId ? { deviceId: { exact: cameraId } } : {}) },
+    audio: {
+      channelCount: 1,
+      echoCancellation,
+      noiseSuppression: false,
+      autoGainControl: false,
+      ...(micId ? { deviceId: { exact: micId } } : {}),
+    },
+  };
+}
+
+/** Cameras, microphones and speakers: `{videoinput: [{id, label}], audioinput: [...], audiooutput: [...]}`. */
+export async function listDevices() {
+  const found = { videoinput: [], audioinput: [], audiooutput: [] };
+  const devices = (await navigator.mediaDevices?.enumerateDevices?.()) ?? [];
+  for (const device of devices) {
+    const list = found[device.kind];
+    if (!list || !device.deviceId) continue; // no id: the browser hides devices until permission is given
+    list.push({ id: device.deviceId, label: device.label || `${device.kind} ${list.length + 1}` });
+  }
+  return found;
+}
+
+/** True when this browser can route an AudioContext to a chosen output device. */
+export function canChooseSpeaker() {
+  return typeof AudioContext === "function" && typeof AudioContext.prototype.setSinkId === "function";
+}
 
 /**
  * Scales the camera picture to the directed size, cover-cropping (centre) when the aspect ratios differ,
@@ -22,6 +48,26 @@ export class FrameGrabber {
     this.video = videoEl;
     this.canvas = typeof OffscreenCanvas === "function" ? new OffscreenCanvas(1, 1) : document.createElement("canvas");
     this.ctx = this.canvas.getContext("2d", { alpha: false });
+    this.frameCaptureMs = null; // the camera's own capture time of the frame on screen (performance clock)
+    this.watching = typeof videoEl.requestVideoFrameCallback === "function";
+    if (this.watching) this.watchFrames();
+  }
+
+  watchFrames() {
+    this.video.requestVideoFrameCallback((_now, meta) => {
+      this.frameCaptureMs = typeof meta.captureTime === "number" && meta.captureTime > 0 ? meta.captureTime : null;
+      if (this.watching) this.watchFrames();
+    });
+  }
+
+  stop() {
+    this.watching = false;
+  }
+
+  /** When the picture now on screen was captured: the camera's timestamp when it has one, else now. */
+  captureMs(now) {
+    const t = this.frameCaptureMs;
+    return t !== null && t <= now && now - t < CAPTURE_TIME_MAX_AGE_MS ? t : now;
   }
 
   /** True once the camera delivers pictures. */
@@ -31,14 +77,15 @@ export class FrameGrabber {
 
   /**
    * Draw the current camera picture at width×height and encode it.
-   * @returns {Promise<{bytes: Uint8Array, perfMs: number}>} JPEG bytes and the draw time (performance.now()).
+   * @returns {Promise<{bytes: Uint8Array, perfMs: number}>} JPEG bytes and the picture's capture time
+   *   (performance clock: the camera's timestamp where the browser gives one, else the draw time).
    */
   async grab(width, height, quality) {
     if (this.canvas.width !== width) this.canvas.width = width;
     if (this.canvas.height !== height) this.canvas.height = height;
     const { sx, sy, sw, sh } = coverCrop(this.video.videoWidth, this.video.videoHeight, width, height);
     this.ctx.drawImage(this.video, sx, sy, sw, sh, 0, 0, width, height);
-    const perfMs = performance.now();
+    const perfMs = this.captureMs(performance.now());
     const blob = await encodeJpeg(this.canvas, quality);
     return { bytes: new Uint8Array(await blob.arrayBuffer()), perfMs };
   }
@@ -94,11 +141,19 @@ export class AudioCapture {
     };
   }
 
-  /** Map an AudioContext time to the performance.now() clock. */
+  /**
+   * The performance-clock time at which the sample at `contextTime` entered the graph: when that context time is
+   * heard (the output timestamp) less the output latency.
+   */
   contextToPerfMs(contextTime) {
-    const stamp = this.ctx.getOutputTimestamp?.();
-    if (stamp && stamp.performanceTime > 0) return stamp.performanceTime + (contextTime - stamp.contextTime) * 1000;
-    return performance.now() - (this.ctx.currentTime - contextTime) * 1000;
+    return contextToPerfMs(this.ctx, contextTime) - (this.ctx.outputLatency ?? 0) * 1000;
+  }
+
+  /** Take the microphone from another stream (a device switch); the chunk clock runs on meanwhile. */
+  setStream(stream) {
+    this.source.disconnect();
+    this.source = this.ctx.createMediaStreamSource(stream);
+    this.source.connect(this.node);
   }
 
   setChunkMs(chunkMs) {
@@ -113,68 +168,12 @@ export class AudioCapture {
   }
 }
 
-const MAX_AHEAD_S = 0.5; // never let the playout queue grow past this: drop instead, to keep latency constant
-
 /**
- * Plays 16 kHz mono chunks back to back. Each chunk starts at max(end of the previous one, now + jitter buffer);
- * when the previous one already ended, that is an underrun. Chunks that would push the queue past MAX_AHEAD_S
- * are dropped.
+ * When the sample at `contextTime` is (or was) heard, on the performance.now() clock: the output timestamp maps
+ * the context clock to the performance clock, output latency included.
  */
-export class AudioPlayer {
-  constructor(ctx, jitterMs) {
-    this.ctx = ctx;
-    this.jitterS = jitterMs / 1000;
-    this.nextTime = 0;
-    this.started = false;
-    this.underruns = 0;
-    this.dropped = 0;
-    this.gain = ctx.createGain();
-    this.gain.connect(ctx.destination);
-  }
-
-  setJitterMs(jitterMs) {
-    this.jitterS = Math.max(0, jitterMs) / 1000;
-  }
-
-  setVolume(volume) {
-    this.gain.gain.value = volume;
-  }
-
-  /** Seconds of audio scheduled beyond now. */
-  get aheadS() {
-    return Math.max(0, this.nextTime - this.ctx.currentTime);
-  }
-
-  /** Schedule one chunk of Float32 samples at 16 kHz; returns "played", "underrun" or "dropped". */
-  play(samples) {
-    if (samples.length === 0) return "played";
-    const now = this.ctx.currentTime;
-    const duration = samples.length / SAMPLE_RATE_HZ;
-    if (this.nextTime - now + duration > MAX_AHEAD_S) {
-      this.dropped += 1;
-      return "dropped";
-    }
-    const ranDry = this.started && this.nextTime < now;
-    if (ranDry) this.underruns += 1;
-    const buffer = this.ctx.createBuffer(1, samples.length, SAMPLE_RATE_HZ);
-    buffer.copyToChannel(samples, 0);
-    const node = this.ctx.createBufferSource();
-    node.buffer = buffer;
-    node.connect(this.gain);
-    const at = Math.max(this.nextTime, now + this.jitterS);
-    node.start(at);
-    this.nextTime = at + duration;
-    this.started = true;
-    return ranDry ? "underrun" : "played";
-  }
-
-  /** Forget the timeline (after a reconnect) so the next chunk re-primes the jitter buffer. */
-  reset() {
-    this.nextTime = 0;
-    this.started = false;
-  }
-
-  close() {
-    this.gain.disconnect();
-  }
+export function contextToPerfMs(ctx, contextTime) {
+  const stamp = ctx.getOutputTimestamp?.();
+  if (stamp && stamp.performanceTime > 0) return stamp.performanceTime + (contextTime - stamp.contextTime) * 1000;
+  return performance.now() + (contextTime - ctx.currentTime + (ctx.outputLatency ?? 0)) * 1000;
 }

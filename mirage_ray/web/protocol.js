@@ -126,6 +126,37 @@ export const SETTINGS_FIELDS = Object.freeze(
   ["max_faces", "swap", "enhance", "fidelity", "pitch_semitones", "formant_shift", "voice"],
 );
 
+/** The server's allowed range for each numeric setting (docs/protocol.md); the page clamps its controls to it. */
+export const SETTING_LIMITS = Object.freeze({
+  max_faces: Object.freeze([1, 16]),
+  fidelity: Object.freeze([0, 1]),
+  pitch_semitones: Object.freeze([-24, 24]),
+  formant_shift: Object.freeze([0.5, 2]),
+});
+
+/** Voice presets every server accepts as `voice` (mirage_ray/voice/presets.py); `backends.voices` adds models. */
+export const VOICE_PRESETS = Object.freeze(["neutral", "deeper", "brighter", "much-deeper", "higher", "octave-down"]);
+
+/** `error.code` values the page treats specially. */
+export const ErrorCode = Object.freeze({ BAD_SETTING: "bad_setting", AUDIO_FAILURE: "audio_failure" });
+
+/** A directive's or stats' `video` asks for no processed video (paused to keep audio in budget). */
+export function videoPaused(video) {
+  return Boolean(video && (video.paused === true || video.fps === 0));
+}
+
+/**
+ * The audio chunk the page sends for the server's processing block `blockMs`. A block that is a whole number of
+ * 10 ms frames is sent as one chunk (it completes exactly on arrival); otherwise (the seed's 192 ms) half a block,
+ * rounded to 10 ms, so a block waits at most half a block for the chunk that completes it. Chunks stay large
+ * enough that the server's backlog rule (more than 3 waiting chunks) covers several blocks of processing.
+ */
+export function sendChunkMs(blockMs) {
+  if (!(blockMs > 0)) return 0;
+  if (blockMs % 10 === 0) return blockMs;
+  return Math.max(10, Math.round(blockMs / 20) * 10);
+}
+
 export function settingsMessage(fields) {
   const body = { type: "settings" };
   for (const [key, value] of Object.entries(fields)) {

@@ -1,4 +1,4 @@
-// Page helpers: element lookup, the log area, the status line, and the overlay of live numbers.
+// Page helpers: element lookup, the log area and the overlay of live numbers.
 
 const LOG_LINES = 200;
 
@@ -7,15 +7,6 @@ export function collectElements() {
   const els = {};
   for (const el of document.querySelectorAll("[id]")) els[el.id] = el;
   return els;
-}
-
-/** A settings control's value (bool, number or trimmed text); also updates its <output> label. */
-export function readControl(input) {
-  const out = document.querySelector(`output[for="${input.id}"]`);
-  if (out) out.value = input.value;
-  if (input.type === "checkbox") return input.checked;
-  if (input.type === "number" || input.type === "range") return Number(input.value);
-  return input.value.trim();
 }
 
 export class LogView {
@@ -60,25 +51,35 @@ function fmt(value, digits = 0) {
   return String(value);
 }
 
+function level(video) {
+  if (!video) return "–";
+  if (video.paused || video.fps === 0) return "paused";
+  return `${video.width}×${video.height} ${fmt(video.fps, video.fps % 1 ? 1 : 0)} fps q${video.jpeg_quality}`;
+}
+
 /** Overlay rows from the client's own counters plus the last server `stats`. */
 export function overlayRows(m) {
   const s = m.lastStats ?? {};
+  const t = m.timing;
   const serverFpsIn = pick(s, "fps_in", "input_fps");
   const serverFpsOut = pick(s, "fps_out", "output_fps");
   return [
     ["fps sent / returned", `${fmt(m.fpsSent, 1)} / ${fmt(m.fpsReceived, 1)}`],
     ["server fps in / out", `${fmt(serverFpsIn, 1)} / ${fmt(serverFpsOut, 1)}`],
-    ["video latency", `${fmt(m.latencyMs)} ms`],
+    ["video level now / full", `${level(s.video ?? m.video)} / ${level(m.hello?.video)}`],
+    ["picture delay (shown)", `${fmt(t.videoShownP50)} ms (arrives after ${fmt(m.latencyMs)} ms)`],
+    ["voice delay mouth→ear", `${fmt(t.mouthToEarP50)} / p95 ${fmt(t.mouthToEarP95)} ms`],
+    ["lip sync skew p50 / p99", `${fmt(t.avSkewP50)} / ${fmt(t.avSkewP99)} ms`],
+    ["converter hold-back", `${fmt(t.holdBackMs)} ms`],
     ["ping RTT", `${fmt(m.rttMs)} ms`],
     ["frames dropped (server)", fmt(total(pick(s, "frames_dropped", "dropped", "drops")))],
-    ["frames held back (client)", fmt(m.framesSkipped)],
+    ["frames held back / skipped", `${fmt(m.framesSkipped)} / ${fmt(m.framesSkippedAtPlayout)}`],
     ["degrade level", fmt(pick(s, "degrade_level", "degrade"))],
     ["voice runtime / real", fmt(pick(s, "runtime_ratio", "voice_runtime_ratio", "audio_runtime_ratio", "rtf"), 2)],
     ["audio chunks sent / back", `${fmt(m.audioChunksSent)} / ${fmt(m.audioChunksReceived)}`],
-    ["audio underruns / dropped", `${fmt(m.audioUnderruns)} / ${fmt(m.audioDropped)}`],
+    ["audio gaps / dropped / trimmed", `${fmt(m.audioUnderruns)} / ${fmt(m.audioDropped)} / ${fmt(m.audioTrimmedMs)} ms`],
     ["audio queued", `${fmt(m.audioAheadMs)} ms`],
-    ["sending", `${m.video.width}×${m.video.height} @ ${fmt(m.video.fps, 0)} fps q${m.video.jpeg_quality}, ` +
-      `${m.audioChunkMs} ms chunks`],
+    ["sending", `${level(m.video)}, ${m.audioSendChunkMs} ms chunks (server block ${m.audioChunkMs} ms)`],
   ];
 }
 

@@ -2,8 +2,10 @@
 
 Happy path of docs/protocol.md: HS256 JWT in the subprotocol, ``hello``, video and audio echoed with the input's seq
 and capture time (video flagged passthrough until a reference is set), ``reference`` replies (the image is decoded,
-not searched for faces: any decodable image counts as one face), range-checked ``settings``, ``pong``, ``stats``
-once a second, a ``directive`` after a number of frames, ``GET v1/page-token`` and the static page.
+not searched for faces: any decodable image counts as one face), range-checked ``settings`` answered like the real
+server (``error`` per refused field, then ``settings`` with ``applied`` and the current values), ``pong``, ``stats``
+once a second, a ``directive`` after a number of frames, ``GET v1/page-token``, ``GET v1/stats`` (live sessions)
+and the static page.
 
 Run by hand: ``python tests/e2e/echo_server.py --port 8765`` then open http://127.0.0.1:8765/mirage/.
 """
@@ -49,7 +51,24 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "pitch_semitones": (-24.0, 24.0),
     "formant_shift": (0.5, 2.0),
 }
+VOICE_PRESETS = ("neutral", "deeper", "brighter", "much-deeper", "higher", "octave-down")
 HELLO_VIDEO = {"width": 512, "height": 512, "fps": 20, "jpeg_quality": 85}
+HELLO_SETTINGS = {
+    "max_faces": 1,
+    "swap": True,
+    "enhance": False,
+    "fidelity": 0.75,
+    "pitch_semitones": -4.0,
+    "formant_shift": 0.9,
+    "voice": "deeper",
+}
+BACKENDS = {  # the real server's shape (actors/ingress.py): no enhancer here
+    "detector": {"ready": True, "name": "echo", "reason": "echo server", "fallback": True},
+    "swapper": {"ready": True, "name": "echo", "reason": "echo server", "fallback": True, "passthrough": False},
+    "enhancer": {"ready": True, "name": "none", "reason": "echo server: enhancement unavailable", "fallback": True},
+    "voice": {"ready": True, "name": "echo", "reason": "echo server", "fallback": True, "voices": []},
+    "voices": [],
+}
 HELLO_CHUNK_MS = 100
 DIRECTIVE_AFTER_FRAMES = 15
 DIRECTIVE = {
@@ -57,6 +76,12 @@ DIRECTIVE = {
     "reason": "echo server test directive",
     "audio_chunk_ms": 120,
     "video": {"width": 256, "height": 256, "fps": 15, "jpeg_quality": 70},
+}
+
+PAUSED_DIRECTIVE = {  # what the real server sends on its last rung: no processed video, so audio stays in time
+    "type": "directive",
+    "reason": "request:audio over budget: video paused so that audio stays in time",
+    "video": {"width": 256, "height": 256, "fps": 0, "jpeg_quality": 55, "paused": True},
 }
 
 
@@ -71,6 +96,7 @@ class EchoRecord:
     """What the server saw, for tests to inspect (written from the server thread, read after waits)."""
 
     sessions: int = 0
+    live_sessions: int = 0
     frames: int = 0
     frame_sizes: list[tuple[int, int]] = field(default_factory=list)
     video_seqs: list[int] = field(default_factory=list)
@@ -98,18 +124,23 @@ def _check_setting(key: str, value: object) -> str | None:
             return f"{key} must lie in [{lo}, {hi}], got {value!r}"
     elif key in ("swap", "enhance") and not isinstance(value, bool):
         return f"{key} must be true or false, got {value!r}"
+    elif key == "voice" and value not in VOICE_PRESETS:
+        return f"voice must be one of [{', '.join(VOICE_PRESETS)}], got {value!r}"
     return None
 
 
 class EchoSession:
     """One connection: echoes media, answers control messages, pushes stats."""
 
-    def __init__(self, websocket: WebSocket, record: EchoRecord) -> None:
+    def __init__(self, websocket: WebSocket, record: EchoRecord, directive: dict[str, object] = DIRECTIVE) -> None:
         self.ws = websocket
         self.record = record
+        self.directive = directive
+        self.video = dict(HELLO_VIDEO)
         self.has_reference = False
         self.frames_in = 0
         self.audio_in = 0
+        self.settings = dict(HELLO_SETTINGS)
 
     async def run(self) -> None:
         await self.ws.send_json(
@@ -120,7 +151,8 @@ class EchoSession:
                 "audio": {"sample_rate": 16000, "chunk_ms": HELLO_CHUNK_MS},
                 "video": HELLO_VIDEO,
                 "limits": {"max_frame_bytes": 2_000_000, "max_messages_per_s": 120},
-                "backends": {"detector": "echo", "swapper": "echo", "enhancer": "none", "voice": "echo"},
+                "backends": BACKENDS,
+                "settings": self.settings,
             }
         )
         stats_task = asyncio.create_task(self._stats_loop())
@@ -168,7 +200,8 @@ class EchoSession:
         flags = 0 if self.has_reference else FLAG_PASSTHROUGH
         await self.ws.send_bytes(HEADER.pack(KIND_VIDEO, flags, 0, seq, capture_us) + payload)
         if self.frames_in == DIRECTIVE_AFTER_FRAMES:
-            await self.ws.send_json(DIRECTIVE)
+            self.video = dict(self.directive.get("video", self.video))
+            await self.ws.send_json(self.directive)
 
     async def _on_audio(self, seq: int, capture_us: int, payload: bytes) -> None:
         samples = np.frombuffer(payload, "<i2")
@@ -203,14 +236,19 @@ class EchoSession:
         if msg.get("type") == "ping":
             await self.ws.send_json({"type": "pong", "t": msg.get("t")})
         elif msg.get("type") == "settings":
+            applied = []
             for key, value in msg.items():
                 if key == "type":
                     continue
                 problem = _check_setting(key, value)
                 if problem:
                     await self.ws.send_json({"type": "error", "code": "bad_setting", "message": problem})
-                else:
+                elif key in self.settings:
                     self.record.settings[key] = value
+                    self.settings[key] = value
+                    applied.append(key)
+            if applied:
+                await self.ws.send_json({"type": "settings", "applied": sorted(applied), **self.settings})
 
     async def _stats_loop(self) -> None:
         while True:
@@ -226,7 +264,8 @@ class EchoSession:
                     "invalid": self.record.invalid,
                     "stages_ms": {},
                     "runtime_ratio": 0.0,
-                    "degrade_level": 0,
+                    "degrade_level": 0 if self.video == HELLO_VIDEO else 1,
+                    "video": self.video,
                 }
             )
 
@@ -239,6 +278,7 @@ class EchoOptions:
     page_token: bool = True  # False: GET v1/page-token answers 404, as a server with a configured key does
     reject_first: int = 0  # close this many sessions right after accepting them ...
     reject_code: int = 1013  # ... with this code
+    directive: dict[str, object] = field(default_factory=lambda: dict(DIRECTIVE))  # sent after a few frames
 
 
 def build_app(record: EchoRecord, options: EchoOptions = EchoOptions()) -> Starlette:
@@ -246,6 +286,9 @@ def build_app(record: EchoRecord, options: EchoOptions = EchoOptions()) -> Starl
 
     async def index(_request: object) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
+
+    async def stats(_request: object) -> JSONResponse:
+        return JSONResponse({"sessions": record.live_sessions})
 
     async def page_token(_request: object) -> JSONResponse:
         if not options.page_token:
@@ -266,11 +309,16 @@ def build_app(record: EchoRecord, options: EchoOptions = EchoOptions()) -> Starl
         if record.sessions <= options.reject_first:
             await websocket.close(code=options.reject_code, reason="echo server: rejected on purpose")
             return
-        await EchoSession(websocket, record).run()
+        record.live_sessions += 1
+        try:
+            await EchoSession(websocket, record, options.directive).run()
+        finally:
+            record.live_sessions -= 1
 
     routes = [
         Route("/", index),
         Route("/v1/page-token", page_token),
+        Route("/v1/stats", stats),
         WebSocketRoute("/ws", ws_endpoint),
         Mount("/web", StaticFiles(directory=WEB_DIR)),
     ]

@@ -1,0 +1,337 @@
+// Playout on the audio master clock. Returned audio is scheduled back to back with a short, self-trimming queue;
+// every scheduled piece is remembered as a segment (capture time of its first sample → when it is heard), so a
+// returned video frame can be shown exactly when the sound captured at the same instant is heard.
+// All times are on the performance.now() clock, in ms.
+
+import { SAMPLE_RATE_HZ } from "./protocol.js";
+import { contextToPerfMs } from "./media.js";
+
+const MS_PER_SAMPLE = 1000 / SAMPLE_RATE_HZ;
+const MAX_AHEAD_MS = 500; // a chunk that would queue more than this is dropped, so latency cannot creep up
+const FRAME_SAMPLES = SAMPLE_RATE_HZ / 100; // the queue is shortened by leaving out whole 10 ms frames ...
+const FRAME_MS = 10;
+const QUIET_FRAME_DB = -40; // ... quieter than this (dBFS): pauses between words, gated silence
+const TRIM_WINDOW_MS = 3000; // the queue is trimmed to the margin against its smallest slack over this window
+const TRIM_MIN_SAMPLES = 4; // ... once this many chunks arrived in the window
+const SEGMENT_HISTORY_MS = 10_000;
+const AUDIO_STALE_MS = 600; // no audio heard for this long: video no longer waits for it
+const MAX_VIDEO_WAIT_MS = 1500; // a frame never waits longer than this for its sound (a broken clock must not freeze)
+const MAX_QUEUED_FRAMES = 60;
+const SKEW_PENDING_MS = 4000; // a shown frame whose sound never plays (dropped, trimmed) is not measured
+
+/** Last `limit` numbers, with percentiles. */
+export class RollingSamples {
+  constructor(limit = 1000) {
+    this.limit = limit;
+    this.values = [];
+  }
+
+  push(value) {
+    this.values.push(value);
+    if (this.values.length > this.limit) this.values.shift();
+  }
+
+  clear() {
+    this.values = [];
+  }
+
+  get count() {
+    return this.values.length;
+  }
+
+  get last() {
+    return this.values.length ? this.values[this.values.length - 1] : null;
+  }
+
+  /** The p-th percentile (0–100, nearest rank), or null when empty. */
+  percentile(p) {
+    if (!this.values.length) return null;
+    const sorted = [...this.values].sort((a, b) => a - b);
+    const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+    return sorted[rank];
+  }
+}
+
+/**
+ * Which 10 ms frames of `samples` to leave out to shorten it by about `cutMs`: the quietest frames below
+ * QUIET_FRAME_DB, never the last partial frame. Returns the kept runs `[{from, to}]` (sample offsets) or null.
+ */
+function quietCut(samples, cutMs) {
+  const frames = Math.floor(samples.length / FRAME_SAMPLES);
+  const wanted = Math.min(Math.floor(cutMs / FRAME_MS), frames - 1);
+  if (wanted < 1) return null;
+  const quiet = [];
+  for (let f = 0; f < frames; f += 1) {
+    let sum = 0;
+    for (let i = f * FRAME_SAMPLES; i < (f + 1) * FRAME_SAMPLES; i += 1) sum += samples[i] * samples[i];
+    const db = 10 * Math.log10(sum / FRAME_SAMPLES + 1e-20);
+    if (db < QUIET_FRAME_DB) quiet.push({ f, db });
+  }
+  if (!quiet.length) return null;
+  quiet.sort((a, b) => a.db - b.db);
+  const cut = new Set(quiet.slice(0, wanted).map((q) => q.f));
+  const runs = [];
+  let from = 0;
+  for (let f = 0; f <= frames; f += 1) {
+    if (f < frames && !cut.has(f)) continue;
+    const to = f * FRAME_SAMPLES;
+    if (to > from) runs.push({ from, to });
+    from = to + FRAME_SAMPLES;
+  }
+  if (from < samples.length) runs.push({ from, to: samples.length });
+  return runs;
+}
+
+/**
+ * Schedules 16 kHz mono chunks back to back. A chunk starts where the previous one ends; when the previous one has
+ * already ended (an underrun, an audible gap) or for the first chunk, it starts `margin` from now. The queue is
+ * kept short: whenever the smallest slack over the last few seconds (what was still queued when a chunk arrived)
+ * exceeds the margin, the excess is taken out of the next chunks by leaving out their quietest 10 ms frames
+ * (pauses between words). A chunk that would queue more than MAX_AHEAD_MS is dropped.
+ */
+export class AudioPlayout {
+  constructor(ctx, marginMs) {
+    this.ctx = ctx;
+    this.marginS = marginMs / 1000;
+    this.volume = ctx.createGain();
+    this.monitor = ctx.createGain();
+    this.volume.connect(this.monitor).connect(ctx.destination);
+    this.reset();
+    this.underruns = 0;
+    this.dropped = 0;
+    this.trimmedMs = 0;
+  }
+
+  setMarginMs(marginMs) {
+    this.marginS = Math.max(0, marginMs) / 1000;
+  }
+
+  setVolume(volume) {
+    this.volume.gain.value = volume;
+  }
+
+  /** Monitor off: nothing is heard, but the timeline (and every measurement) runs on. */
+  setMonitor(on) {
+    this.monitor.gain.value = on ? 1 : 0;
+  }
+
+  /** Ms of audio scheduled beyond now. */
+  get aheadMs() {
+    return Math.max(0, this.nextTime - this.ctx.currentTime) * 1000;
+  }
+
+  /**
+   * Schedule one chunk of Float32 samples at 16 kHz.
+   * @returns {{status: "played"|"underrun"|"dropped", pieces?: {offsetMs: number, startMs: number,
+   *   durationMs: number}[], slackMs?: number|null}} pieces: what is played, as runs of the chunk (offsetMs into
+   *   it) and when each is heard (performance clock); more than one when quiet frames were left out.
+   */
+  play(samples) {
+    if (samples.length === 0) return { status: "played", pieces: [] };
+    const now = this.ctx.currentTime;
+    const ranDry = this.started && this.nextTime <= now;
+    const at = this.started && !ranDry ? this.nextTime : now + this.marginS;
+    if ((at - now) * 1000 + samples.length * MS_PER_SAMPLE > MAX_AHEAD_MS) {
+      this.dropped += 1;
+      return { status: "dropped" };
+    }
+    let runs = [{ from: 0, to: samples.length }];
+    let slackMs = null;
+    if (ranDry) {
+      this.underruns += 1;
+      this.slacks = [];
+    } else if (this.started) {
+      slackMs = (this.nextTime - now) * 1000;
+      runs = this.trim(samples, slackMs) ?? runs;
+    }
+    const kept = runs.reduce((n, r) => n + r.to - r.from, 0);
+    const played = new Float32Array(kept);
+    const startMs = contextToPerfMs(this.ctx, at);
+    const pieces = [];
+    let offset = 0;
+    for (const r of runs) {
+      played.set(samples.subarray(r.from, r.to), offset);
+      pieces.push({ offsetMs: r.from * MS_PER_SAMPLE, startMs: startMs + offset * MS_PER_SAMPLE,
+        durationMs: (r.to - r.from) * MS_PER_SAMPLE });
+      offset += r.to - r.from;
+    }
+    const buffer = this.ctx.createBuffer(1, kept, SAMPLE_RATE_HZ);
+    buffer.copyToChannel(played, 0);
+    const node = this.ctx.createBufferSource();
+    node.buffer = buffer;
+    node.connect(this.volume);
+    node.start(at);
+    this.nextTime = at + kept / SAMPLE_RATE_HZ;
+    this.started = true;
+    return { status: ranDry ? "underrun" : "played", pieces, slackMs };
+  }
+
+  /** Kept runs of the chunk when the queue is longer than the margin and the chunk has quiet frames, else null. */
+  trim(samples, slackMs) {
+    const t = performance.now();
+    this.slacks.push({ t, slackMs });
+    while (this.slacks.length && t - this.slacks[0].t > TRIM_WINDOW_MS) this.slacks.shift();
+    if (this.slacks.length < TRIM_MIN_SAMPLES) return null;
+    const excessMs = Math.min(...this.slacks.map((s) => s.slackMs)) - this.marginS * 1000;
+    const runs = quietCut(samples, excessMs);
+    if (!runs) return null;
+    const cutMs = (samples.length - runs.reduce((n, r) => n + r.to - r.from, 0)) * MS_PER_SAMPLE;
+    for (const s of this.slacks) s.slackMs -= cutMs; // the queue is that much shorter from now on
+    this.trimmedMs += cutMs;
+    return runs;
+  }
+
+  /** Forget the timeline (a new session): the next chunk starts `margin` from now. */
+  reset() {
+    this.nextTime = 0;
+    this.started = false;
+    this.slacks = [];
+  }
+
+  close() {
+    this.monitor.disconnect();
+    this.volume.disconnect();
+  }
+}
+
+/**
+ * The audio master clock: which captured instant is heard when. Segments are the pieces of returned audio as
+ * scheduled: `captureMs` of their first sample (at the same stream position as sent), when that sample is heard
+ * (`startMs`) and how long they play. The converter's hold-back (`holdBackMs`: the converted sound at stream
+ * position i is the voice captured at position i − hold-back) is added to every mapping.
+ */
+export class AudioClock {
+  constructor() {
+    this.segments = [];
+    this.holdBackMs = 0;
+  }
+
+  add(captureMs, startMs, durationMs) {
+    if (!(durationMs > 0) || startMs === null) return;
+    this.segments.push({ captureMs, startMs, durationMs });
+    const horizon = startMs - SEGMENT_HISTORY_MS;
+    while (this.segments.length > 1 && this.segments[0].startMs + this.segments[0].durationMs < horizon) {
+      this.segments.shift();
+    }
+  }
+
+  clear() {
+    this.segments = [];
+  }
+
+  /**
+   * The capture instant whose sound is heard at `now` (during a gap: the end of the last piece heard, so video
+   * holds too), or null when no audio has been heard for AUDIO_STALE_MS (video then shows on arrival).
+   */
+  heardAt(now) {
+    const segs = this.segments;
+    if (!segs.length) return null;
+    let ref = null;
+    for (let i = segs.length - 1; i >= 0; i -= 1) {
+      if (segs[i].startMs <= now) {
+        ref = segs[i];
+        break;
+      }
+    }
+    if (ref === null) return segs[0].captureMs - (segs[0].startMs - now) - this.holdBackMs; // nothing heard yet
+    const intoMs = now - ref.startMs;
+    if (intoMs - ref.durationMs > AUDIO_STALE_MS && ref === segs[segs.length - 1]) return null;
+    return ref.captureMs + Math.min(intoMs, ref.durationMs) - this.holdBackMs;
+  }
+
+  /** When the sound captured at `captureMs` is heard, from the piece that plays it; null if none does (yet). */
+  heardWhen(captureMs) {
+    const position = captureMs + this.holdBackMs;
+    for (let i = this.segments.length - 1; i >= 0; i -= 1) {
+      const seg = this.segments[i];
+      if (seg.captureMs <= position && position < seg.captureMs + seg.durationMs) {
+        return seg.startMs + (position - seg.captureMs);
+      }
+    }
+    return null;
+  }
+}
+
+/**
+ * Returned video frames wait until the audio clock reaches their capture time, then the newest due frame is drawn
+ * (older due ones are skipped). Every drawn frame is checked later against when its sound was actually heard:
+ * `skewMs` = shown − heard (positive: the picture is late).
+ */
+export class VideoPlayout {
+  constructor(clock, draw) {
+    this.clock = clock;
+    this.draw = draw; // (frame) => void; the frame's bitmap is closed after drawing
+    this.queue = [];
+    this.pendingSkew = [];
+    this.skewMs = new RollingSamples(2000);
+    this.shownLatencyMs = new RollingSamples(200);
+    this.skipped = 0;
+    this.forced = 0;
+    this.lastShownCaptureMs = null;
+  }
+
+  /** A decoded frame: `{captureMs, arrivedMs, bitmap, ...}`. Frames older than the one on screen are discarded. */
+  push(frame) {
+    if (this.lastShownCaptureMs !== null && frame.captureMs <= this.lastShownCaptureMs) {
+      frame.bitmap.close();
+      return;
+    }
+    let i = this.queue.length;
+    while (i > 0 && this.queue[i - 1].captureMs > frame.captureMs) i -= 1;
+    this.queue.splice(i, 0, frame);
+    while (this.queue.length > MAX_QUEUED_FRAMES) this.discard(this.queue.shift());
+  }
+
+  get queued() {
+    return this.queue.length;
+  }
+
+  /** Called once per display frame. */
+  tick(now) {
+    this.resolveSkew(now);
+    if (!this.queue.length) return;
+    const heard = this.clock.heardAt(now);
+    let due = -1;
+    for (let i = 0; i < this.queue.length; i += 1) {
+      const f = this.queue[i];
+      if (heard === null || f.captureMs <= heard) due = i;
+      else if (now - f.arrivedMs > MAX_VIDEO_WAIT_MS) {
+        due = i;
+        this.forced += 1;
+      }
+    }
+    if (due < 0) return;
+    for (let i = 0; i < due; i += 1) this.discard(this.queue[i]);
+    const frame = this.queue[due];
+    this.queue = this.queue.slice(due + 1);
+    this.draw(frame);
+    frame.bitmap.close();
+    this.lastShownCaptureMs = frame.captureMs;
+    this.shownLatencyMs.push(now - frame.captureMs);
+    if (heard !== null) this.pendingSkew.push({ captureMs: frame.captureMs, shownMs: now });
+  }
+
+  resolveSkew(now) {
+    this.pendingSkew = this.pendingSkew.filter((p) => {
+      const heard = this.clock.heardWhen(p.captureMs); // scheduled audio: its time is known before it plays
+      if (heard !== null) {
+        this.skewMs.push(p.shownMs - heard);
+        return false;
+      }
+      return now - p.shownMs < SKEW_PENDING_MS;
+    });
+  }
+
+  discard(frame) {
+    this.skipped += 1;
+    frame.bitmap.close();
+  }
+
+  /** Drop everything queued (stop, new session). */
+  clear() {
+    for (const frame of this.queue) frame.bitmap.close();
+    this.queue = [];
+    this.pendingSkew = [];
+    this.lastShownCaptureMs = null;
+  }
+}
