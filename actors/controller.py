@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from mirage_ray.admission import AdmissionPolicy
 from mirage_ray.controller_policy import ControllerPolicy, Directive
 from mirage_ray.metrics import SessionSummary
 
@@ -21,10 +22,30 @@ CONTROLLER_NAMESPACE = "mirage"
 class ControllerActor:
     """Each push returns the directive waiting for the pushing session, if any (directives target one session)."""
 
-    def __init__(self, stage_budget_ms: dict[str, float] | None = None) -> None:
+    def __init__(self, stage_budget_ms: dict[str, float] | None = None, capacity: int = 8) -> None:
         self._policy = ControllerPolicy(stage_budget_ms) if stage_budget_ms else ControllerPolicy()
+        self._admission = AdmissionPolicy(capacity)
         self._pending: dict[str, Directive] = {}
         self.started_at = time.time()
+
+    def admit(self, session_id: str) -> dict[str, Any]:
+        """The application-wide admission verdict for a new session (its slot is reserved when admitted)."""
+        now = time.monotonic()
+        verdict = self._admission.decide(self._policy.summaries(now), now)
+        if verdict.admitted:
+            self._admission.reserve(session_id, now)
+        return asdict(verdict)
+
+    def release(self, session_id: str) -> None:
+        """A session ended: its slot is free now (not after its summaries go stale)."""
+        self._admission.release(session_id)
+        self._policy.forget(session_id)
+        self._pending.pop(session_id, None)
+
+    def load(self) -> dict[str, Any]:
+        """Capacity, sessions, headroom and load of the whole application (for /v1/stats and load balancers)."""
+        now = time.monotonic()
+        return self._admission.load(self._policy.summaries(now), now)
 
     def push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         now = time.monotonic()
@@ -44,10 +65,11 @@ class ControllerActor:
             "why": why,
             "floors": self._policy.floors(),
             "sessions": len(self._policy.summaries(time.monotonic())),
+            "admission": self.load(),
         }
 
 
-def get_or_create_controller(stage_budget_ms: dict[str, float]) -> Any:
+def get_or_create_controller(stage_budget_ms: dict[str, float], capacity: int) -> Any:
     """The named controller actor handle (created on first use, restarted by Ray when it dies)."""
     actor_cls = ray.remote(ControllerActor)
     return actor_cls.options(
@@ -58,4 +80,4 @@ def get_or_create_controller(stage_budget_ms: dict[str, float]) -> Any:
         max_restarts=-1,
         max_task_retries=-1,
         num_cpus=0,
-    ).remote(stage_budget_ms)
+    ).remote(stage_budget_ms, capacity)

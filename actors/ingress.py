@@ -16,25 +16,53 @@ from starlette.applications import Starlette
 
 from actors.controller import get_or_create_controller
 from actors.metrics_sink import RayMetricsSink
+from mirage_ray.admission import LocalAdmission, Verdict
+from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.config import MirageSettings
+from mirage_ray.models import ModelRegistry
 from mirage_ray.security import build_auth
 from mirage_ray.server import ServerContext, build_app
-from mirage_ray.stages import IdentityMiss, StageFailure, StageUnavailable
+from mirage_ray.stages import IdentityMiss, LocalStages, StageFailure, StageInfo, StageUnavailable, Workers
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import SAMPLE_RATE, VoiceParams
+from mirage_ray.voice.convert_shift import ShiftConverter
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
 WARM_UP_SIDE_PX = 64
 STAGES = ("detector", "swapper", "enhancer", "voice")
+ADMISSION_TIMEOUT_S = 1.0
+
+
+def build_local_stages(settings: MirageSettings, workers: Workers) -> LocalStages | None:
+    """The stages ``settings.local_stages`` places in the ingress process (the CPU profile: detect and swap)."""
+    placed = set(settings.local_stages)
+    if not placed:
+        return None
+    registry = ModelRegistry(settings)
+    converter, fallback = build_converters(settings, registry)[:2] if "voice" in placed else (None, None)
+    return LocalStages(
+        settings,
+        build_detector(settings, registry)[0] if "detect" in placed else None,
+        build_swapper(settings, registry)[0] if "swap" in placed else None,
+        build_enhancer(settings, registry)[0] if "enhance" in placed else None,
+        converter,
+        fallback,
+        workers,
+    )
 
 
 class RayStages:
-    """:class:`~mirage_ray.stages.Stages` over the model deployments' handles."""
+    """:class:`~mirage_ray.stages.Stages` over the model deployments' handles, except the stages placed in this
+    process (``local``): those run on the replica's workers with no hop at all."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self, handles: dict[str, DeploymentHandle], local: LocalStages | None = None, placed: Sequence[str] = ()
+    ) -> None:
         self._handles = handles
+        self._local = local
+        self._placed = frozenset(placed) if local is not None else frozenset()
         self._identity_keys: weakref.WeakKeyDictionary[SourceIdentity, str] = weakref.WeakKeyDictionary()
 
     async def _call(self, stage: str, method: str, *args: Any) -> Any:
@@ -47,13 +75,19 @@ class RayStages:
         return result
 
     async def detect(self, image: np.ndarray) -> list[Face]:
+        if "detect" in self._placed:
+            return await self._local.detect(image)
         return await self._call("detector", "detect", image)
 
     async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
+        if "swap" in self._placed:
+            return await self._local.identity(image, face)
         return await self._call("swapper", "identity", image, face)
 
     async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
         """The identity travels in full once per replica; after that only its key does (~200 kB saved per frame)."""
+        if "swap" in self._placed:
+            return await self._local.swap(image, faces, identity)
         key = self._identity_keys.get(identity)
         first = key is None
         if key is None:
@@ -64,10 +98,44 @@ class RayStages:
         return result
 
     async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
+        if "enhance" in self._placed:
+            return await self._local.restore(crops, fidelity)
         return await self._call("enhancer", "restore", crops, fidelity)
 
     async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray:
+        if "voice" in self._placed:
+            return await self._local.convert(window, params, fallback)
         return await self._call("voice", "convert", window, params, fallback)
+
+
+class ControllerAdmission:
+    """Admission through the controller's application-wide view; this replica's own view when it cannot answer."""
+
+    def __init__(self, controller: Any, local: LocalAdmission) -> None:
+        self._controller = controller  # a callable returning the controller's handle (it may be recreated)
+        self._local = local
+
+    async def admit(self, session_id: str) -> Verdict:
+        try:
+            verdict = await asyncio.wait_for(self._controller().admit.remote(session_id), ADMISSION_TIMEOUT_S)
+        except Exception as exc:
+            logger.warning("controller unreachable for admission (%s); this replica decides alone", exc)
+            return await self._local.admit(session_id)
+        return Verdict(**verdict)
+
+    async def release(self, session_id: str) -> None:
+        await self._local.release(session_id)
+        try:
+            await asyncio.wait_for(self._controller().release.remote(session_id), ADMISSION_TIMEOUT_S)
+        except Exception as exc:  # its reservation expires by itself
+            logger.warning("controller unreachable to release session %s: %s", session_id, exc)
+
+    async def load(self) -> dict[str, Any]:
+        try:
+            report = await asyncio.wait_for(self._controller().load.remote(), ADMISSION_TIMEOUT_S)
+        except Exception as exc:
+            return {**await self._local.load(), "controller": f"unreachable: {exc}"}
+        return {**report, "scope": "application"}
 
 
 class IngressDeployment:
@@ -99,11 +167,16 @@ class IngressDeployment:
 
         return dict(await asyncio.gather(*(one(stage) for stage in STAGES)))
 
-    async def _controller_push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
+    def _controller_handle(self) -> Any:
         if self._controller is None:
-            self._controller = get_or_create_controller(dict(self._settings.stage_budget_ms))
+            self._controller = get_or_create_controller(
+                dict(self._settings.stage_budget_ms), self._settings.max_sessions
+            )
+        return self._controller
+
+    async def _controller_push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            return await self._controller.push.remote(summary)
+            return await self._controller_handle().push.remote(summary)
         except ray.exceptions.RayActorError:
             self._controller = None  # look it up again next time (it restarts under the same name)
             raise
@@ -125,16 +198,22 @@ class IngressDeployment:
     async def __serve_build_asgi_app__(self) -> Starlette:
         report = await self._readiness()
         await self._warm_up()
-        backends = {stage: info for stage, info in report.items()}
-        backends["voices"] = report.get("voice", {}).get("voices", [])
+        workers = Workers.from_settings(self._settings)
+        local = await asyncio.to_thread(build_local_stages, self._settings, workers)
+        if local is not None:
+            logger.info("stages placed in the ingress process: %s", ", ".join(self._settings.local_stages))
         context = ServerContext(
             settings=self._settings,
             auth=self._auth,
-            stages=RayStages(self._handles),
-            backends=backends,
+            stages=RayStages(self._handles, local, self._settings.local_stages),
+            info=StageInfo.from_report(report, ShiftConverter.name),
             readiness=self._readiness,
             controller_push=self._controller_push,
             metrics_sink=self._metrics,
+            workers=workers,
+        )
+        context.admission = ControllerAdmission(
+            self._controller_handle, LocalAdmission(self._settings.sessions_per_replica, context.summaries)
         )
         logger.info("ingress ready; backends: %s", {k: v.get("name") for k, v in report.items()})
         return build_app(context)

@@ -210,6 +210,9 @@ def _tool(name: str) -> str:
 def _ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts its workers (every Serve replica, the proxy) at nice 15: on a shared machine a browser or any other
+    # process at nice 0 then takes the CPU from the sessions being served. Serving is this machine's job.
+    env.setdefault("RAY_worker_niceness", "0")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env

@@ -163,6 +163,10 @@ JPEG_QUALITY_FLOOR = 55
 FPS_STEP = 2.5  # step 2: 20 -> 17.5 -> 15
 FPS_FLOOR = 15.0
 RESOLUTION_STEPS_PX = (384, 256)  # step 3: max side 512 -> 384 -> 256
+# ours, below the seed's floor (audio first): step 4, a few fps at the smallest size; step 5, video paused
+LOW_FPS_STEPS = (10.0, 5.0, 2.0)
+PAUSED_PROBE_FPS = 1.0  # the rate a paused directive asks for (frames are dropped unprocessed while paused)
+RESTORE_FROM_PAUSE_TICKS = 50  # consecutive in-budget audio blocks (~10 s at 192 ms) before video resumes
 DEGRADE_WINDOW_FRAMES = 30  # degrade when the mean ratio over the last 30 processed frames ...
 DEGRADE_ABOVE = 1.0  # ... is above this (processing slower than the frame interval)
 REDEGRADE_COOLDOWN_FRAMES = 30  # frames after any change before the next degrade
@@ -191,10 +195,19 @@ class Level:
     max_side: int
     width: int
     height: int
+    paused: bool = False  # video is not processed at all (frames dropped) so that audio stays in budget
 
     def as_directive(self) -> dict[str, Any]:
-        """The protocol's ``video: {width, height, fps, jpeg_quality}``."""
-        return {"width": self.width, "height": self.height, "fps": self.fps, "jpeg_quality": self.jpeg_quality}
+        """The protocol's ``video: {width, height, fps, jpeg_quality}`` (plus ``paused: true`` on the last rung)."""
+        directive: dict[str, Any] = {
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "jpeg_quality": self.jpeg_quality,
+        }
+        if self.paused:
+            directive["paused"] = True
+        return directive
 
 
 def _even(value: float) -> int:
@@ -202,7 +215,8 @@ def _even(value: float) -> int:
 
 
 def build_ladder(width: int = 512, height: int = 512, fps: float = 20.0, jpeg_quality: int = 85) -> tuple[Level, ...]:
-    """Level 0 is the configured video; then JPEG quality, then FPS toward 15, then resolution, in that order."""
+    """Level 0 is the configured video; then JPEG quality, then FPS toward 15, then resolution, then a few fps,
+    then paused, in that order."""
     if width <= 0 or height <= 0 or fps <= 0 or not 0 < jpeg_quality <= 100:
         raise ValueError(f"bad base video {width}x{height} @ {fps} fps, quality {jpeg_quality}")
     side = max(width, height)
@@ -216,9 +230,14 @@ def build_ladder(width: int = 512, height: int = 512, fps: float = 20.0, jpeg_qu
         rate = max(FPS_FLOOR, rate - FPS_STEP)
         rungs.append((quality, rate, side))
     rungs.extend((quality, rate, px) for px in RESOLUTION_STEPS_PX if px < side)
-    return tuple(
+    smallest = rungs[-1][2]
+    rungs.extend((quality, low, smallest) for low in LOW_FPS_STEPS if low < rate)
+    levels = [
         Level(i, q, f, s, _even(width * s / side), _even(height * s / side)) for i, (q, f, s) in enumerate(rungs)
-    )
+    ]
+    last = levels[-1]
+    levels.append(Level(len(levels), quality, PAUSED_PROBE_FPS, smallest, last.width, last.height, paused=True))
+    return tuple(levels)
 
 
 @dataclass(frozen=True)
@@ -253,6 +272,7 @@ class VideoDegradePolicy:
         self._restore_after = RESTORE_AFTER_FRAMES
         self._restored_from: int | None = None  # level left by the latest restore, while on probation
         self._since_restore = 0
+        self._paused_ok = 0  # consecutive in-budget audio blocks while paused
 
     @classmethod
     def from_settings(cls, settings: MirageSettings) -> VideoDegradePolicy:
@@ -318,6 +338,17 @@ class VideoDegradePolicy:
                 return self._degrade(REASON_OVERLOAD)
         if self._stable >= self._restore_after and self._index > self._floor:
             self._restored_from, self._since_restore = self._index, 0
+            return self._move(self._index - 1, REASON_RESTORE)
+        return VideoDecision(self.level, False, REASON_STEADY)
+
+    def tick_paused(self, audio_in_budget: bool) -> VideoDecision:
+        """While paused no frame is processed, so the audio decides: resume one level after
+        ``RESTORE_FROM_PAUSE_TICKS`` consecutive in-budget blocks (above the controller's floor)."""
+        if not self.level.paused:
+            return VideoDecision(self.level, False, REASON_STEADY)
+        self._paused_ok = self._paused_ok + 1 if audio_in_budget else 0
+        if self._paused_ok >= RESTORE_FROM_PAUSE_TICKS and self._index > self._floor:
+            self._paused_ok = 0
             return self._move(self._index - 1, REASON_RESTORE)
         return VideoDecision(self.level, False, REASON_STEADY)
 

@@ -18,6 +18,8 @@ DetectorChoice = Literal["auto", "scrfd", "retinaface"]
 SwapperChoice = Literal["auto", "inswapper", "classical", "passthrough"]
 EnhancerChoice = Literal["auto", "codeformer", "none"]
 VoiceChoice = Literal["auto", "rvc", "world", "passthrough"]
+StageName = Literal["detect", "swap", "enhance", "voice"]
+FailureChoice = Literal["mask", "reveal"]
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "ES256"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -37,6 +39,20 @@ class MirageSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     sessions_per_replica: int = Field(8, ge=1, le=256, description="max WebSocket sessions per ingress replica")
+    max_sessions: int = Field(
+        8, ge=1, le=10_000, description="sessions the application holds at full quality (measured per profile)"
+    )
+    local_stages: tuple[StageName, ...] = Field(
+        (), description="stages the ingress runs in its own process instead of calling their deployment"
+    )
+    video_threads: int = Field(2, ge=1, le=64, description="ingress threads for video CPU work (off the event loop)")
+    audio_threads: int = Field(1, ge=1, le=64, description="ingress threads for audio CPU work (never behind video)")
+    on_stage_failure: FailureChoice = Field(
+        "mask", description="a frame/block that could not be processed: mask the face / disguise the voice, or reveal"
+    )
+    video_stage_timeout_ms: float = Field(
+        400.0, ge=10.0, le=10_000.0, description="a frame whose stage calls take longer goes out masked"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- security -------------------------------------------------------------------------------

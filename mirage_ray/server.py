@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +22,20 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from mirage_ray import protocol
+from mirage_ray.admission import AdmissionGate, LocalAdmission
 from mirage_ray.config import LOOPBACK_HOSTS, MirageSettings
-from mirage_ray.metrics import MetricsSink, aggregate
+from mirage_ray.metrics import MetricsSink, SessionSummary, aggregate
 from mirage_ray.protocol import CloseCode
 from mirage_ray.security import AuthError, AuthSetup, ConnectionLimiter, TokenBucket, origin_allowed
 from mirage_ray.session import Session
-from mirage_ray.stages import Stages
+from mirage_ray.stages import StageInfo, Stages, Workers
 from mirage_ray.transport import Connection, ControllerPush
 
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 PAGE_TOKEN_SUBJECT = "local-page"
+MAX_CLOSE_REASON_CHARS = 120  # a WebSocket close reason holds at most 123 bytes
 
 
 @dataclass
@@ -42,18 +45,31 @@ class ServerContext:
     settings: MirageSettings
     auth: AuthSetup
     stages: Stages
-    backends: dict[str, Any]
+    info: StageInfo
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     controller_push: ControllerPush | None = None
     metrics_sink: MetricsSink | None = None
+    workers: Workers | None = None  # the replica's thread pools (built from settings when not given)
+    admission: AdmissionGate | None = None  # the application-wide gate; a replica-local one when not given
     sessions: dict[str, Session] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=lambda: {"sessions_started": 0, "sessions_refused": 0})
+
+    def __post_init__(self) -> None:
+        if self.workers is None:
+            self.workers = Workers.from_settings(self.settings)
+        if self.admission is None:
+            self.admission = LocalAdmission(self.settings.max_sessions, self.summaries)
+
+    def summaries(self) -> list[SessionSummary]:
+        """The latest summary of every live session of this replica."""
+        return [s.last_summary for s in self.sessions.values() if s.last_summary is not None]
 
 
 def build_app(ctx: ServerContext) -> Starlette:
     """The Starlette application for one ingress replica."""
     connections = TokenBucket(ctx.settings.max_connections_per_s, ctx.settings.connection_burst)
     limits = ConnectionLimiter.from_settings(ctx.settings)
+    gate: AdmissionGate = ctx.admission or LocalAdmission(ctx.settings.max_sessions, ctx.summaries)
 
     async def index(_: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html")
@@ -72,10 +88,11 @@ def build_app(ctx: ServerContext) -> Starlette:
             {
                 "sessions": len(live),
                 "capacity": ctx.settings.sessions_per_replica,
+                "admission": await gate.load(),
                 "totals": ctx.totals,
-                "aggregate": aggregate([s.last_summary for s in live if s.last_summary is not None]),
+                "aggregate": aggregate(ctx.summaries()),
                 "per_session": {s.id: s.stats_message() for s in live},
-                "backends": ctx.backends,
+                "backends": dict(ctx.info.report),
             }
         )
 
@@ -117,10 +134,15 @@ def build_app(ctx: ServerContext) -> Starlette:
             await refuse(CloseCode.RATE_LIMITED, refused)
             return
         if len(ctx.sessions) >= ctx.settings.sessions_per_replica:
-            await refuse(CloseCode.TRY_AGAIN, "server at capacity, try again later")
+            await refuse(CloseCode.TRY_AGAIN, "server full (this replica); retry in 30 s")
+            return
+        session_id = uuid.uuid4().hex[:12]
+        verdict = await gate.admit(session_id)
+        if not verdict.admitted:
+            await refuse(CloseCode.TRY_AGAIN, verdict.reason[:MAX_CLOSE_REASON_CHARS])
             return
         await websocket.accept(subprotocol=subprotocol)
-        session = Session(ctx.settings, ctx.stages, ctx.backends, sink=ctx.metrics_sink)
+        session = Session(ctx.settings, ctx.stages, ctx.info, ctx.workers, session_id, sink=ctx.metrics_sink)
         ctx.sessions[session.id] = session
         ctx.totals["sessions_started"] += 1
         logger.info("session %s started for %s", session.id, principal.subject)
@@ -136,6 +158,7 @@ def build_app(ctx: ServerContext) -> Starlette:
         finally:
             limits.session_ended(principal.subject)
             ctx.sessions.pop(session.id, None)
+            await gate.release(session.id)
             logger.info("session %s ended", session.id)
 
     routes = [

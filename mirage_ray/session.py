@@ -2,48 +2,66 @@
 
 A `Session` owns every piece of a connection's streaming state (tracker, voice stream, sync clock, security
 window, degrade level, metrics) and reaches the stateless model stages only through the injected
-:class:`~mirage_ray.stages.Stages`. It sees typed values (:class:`~mirage_ray.protocol.Media`, dicts), never
-sockets; :mod:`mirage_ray.transport` runs its I/O loops.
+:class:`~mirage_ray.stages.Stages`. CPU work (decode, tracking, encode, the fail-closed conversions) runs on the
+replica's :class:`~mirage_ray.stages.Workers`, never on the event loop; audio has its own pool.
+
+Fail closed: once a disguise is chosen (a reference is set, or the voice differs from the speaker's), a frame or
+block that could not be processed goes out masked (face regions pixelated) or through the ingress's own pitch
+shift, flagged, never raw (``on_stage_failure: reveal`` is the operator's opt-out).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
 from mirage_ray import protocol
-from mirage_ray.adapt import DROP_FPS_GATE, AudioPolicy, FpsGate, VideoDecision, VideoDegradePolicy
-from mirage_ray.codec import CodecError, decode_image, encode_jpeg, float_to_pcm16, pcm16_to_float, resize_max_side
+from mirage_ray.adapt import DROP_FPS_GATE, FAIL_ABOVE, AudioPolicy, FpsGate, VideoDecision, VideoDegradePolicy
+from mirage_ray.codec import (
+    CodecError,
+    decode_image,
+    encode_jpeg,
+    float_to_pcm16,
+    image_size,
+    pcm16_to_float,
+    resize_max_side,
+)
 from mirage_ray.config import MirageSettings
+from mirage_ray.controls import SessionControls
 from mirage_ray.metrics import MetricsSink, SessionMetrics, SessionSummary
 from mirage_ray.protocol import FLAG_PASSTHROUGH, CloseCode, ErrorCode, Kind, Media, ProtocolError
+from mirage_ray.reference import choose_reference_face
 from mirage_ray.security import InvalidFrameWindow, TokenBucket
-from mirage_ray.stages import Stages
+from mirage_ray.stages import StageInfo, Stages, Workers
 from mirage_ray.sync import AvSync
 from mirage_ray.vision.align import FFHQ_TEMPLATE_512, crop_mask, paste_back, warp_face
 from mirage_ray.vision.base import ReferenceRejected
-from mirage_ray.vision.faces import Face, SourceIdentity, face_region, largest_faces, translate
+from mirage_ray.vision.faces import Face, SourceIdentity, face_region, translate
+from mirage_ray.vision.mask import mask_faces
 from mirage_ray.vision.tracker import FaceTracker
-from mirage_ray.voice.base import SAMPLE_RATE, VoiceParams
-from mirage_ray.voice.presets import PRESETS, preset_params
-from mirage_ray.voice.stream import VoiceStream
+from mirage_ray.voice.base import SAMPLE_RATE
+from mirage_ray.voice.convert_shift import ShiftConverter
+from mirage_ray.voice.stream import VoiceStream, VoiceWindow, usable_output
 
 logger = logging.getLogger(__name__)
 
 Outgoing = Media | dict[str, Any]
+T = TypeVar("T")
 
-MIN_REFERENCE_FACE_PX = 48  # a reference face smaller than this cannot give a usable identity
-EQUAL_FACES_RATIO = 0.9  # two reference faces this close in size are ambiguous
 ENHANCE_CROP_PX = 512
 SWAP_MARGIN = 0.2  # region sent to the swapper: face boxes grown by this fraction of their size on each side
 US_PER_S = 1_000_000
 PROTOCOL_LEVEL_ERRORS = frozenset({ErrorCode.BAD_HEADER, ErrorCode.BAD_KIND, ErrorCode.BAD_JSON})
+DROP_PAUSED = "paused"
+# what became of an audio block
+SILENT, CONVERTED, TIMED_OUT, FAILED, LATE = "silent", "converted", "timed_out", "failed", "late"
 
 
 class Session:
@@ -53,7 +71,8 @@ class Session:
         self,
         settings: MirageSettings,
         stages: Stages,
-        backends: dict[str, Any],
+        info: StageInfo,
+        workers: Workers | None = None,
         session_id: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
         sink: MetricsSink | None = None,
@@ -61,30 +80,24 @@ class Session:
         self.settings = settings
         self.id = session_id or uuid.uuid4().hex[:12]
         self._stages = stages
-        self._backends = backends
+        self.info = info
+        self._workers = workers or Workers(1, 1)
         self._clock = clock
         self.close_code: int | None = None
         self.close_reason = ""
+        self.controls = SessionControls(settings, info.voices)
+        self._fail_closed = settings.on_stage_failure == "mask"
         # security
         self._invalid = InvalidFrameWindow(settings.invalid_window, settings.invalid_ratio_abandon)
         self._messages = TokenBucket(settings.max_messages_per_s, settings.message_burst)
         # video
         self._tracker = FaceTracker(detect_every=settings.detect_every, max_faces=settings.max_faces)
         self._identity: SourceIdentity | None = None
-        self.swap_enabled = True
-        self.enhance_enabled = settings.enhance
-        self.fidelity = settings.codeformer_fidelity
         self._video = VideoDegradePolicy.from_settings(settings)
         self._fps_gate = FpsGate()
         self._sync = AvSync()
+        self._video_timeout_s = settings.video_stage_timeout_ms / 1000.0
         # audio
-        base = preset_params(settings.voice_preset)
-        self._voice_name: str | None = settings.voice_preset
-        self.voice_params = VoiceParams(
-            pitch_semitones=settings.pitch_semitones or base.pitch_semitones,
-            formant_shift=settings.formant_shift if settings.formant_shift != 1.0 else base.formant_shift,
-            voice=None,
-        )
         self._voice = VoiceStream(
             sample_rate=SAMPLE_RATE,
             block_ms=settings.chunk_ms,
@@ -94,6 +107,7 @@ class Session:
             gate_db=settings.gate_db,
         )
         self._audio = AudioPolicy.from_settings(settings)
+        self._shift = ShiftConverter()
         self.audio_failed = False
         self.metrics = SessionMetrics(self.id, clock(), sink)
         self.last_summary: SessionSummary | None = None
@@ -101,34 +115,24 @@ class Session:
         self.samples_in = 0
         self.samples_out = 0
         self.audio_late_blocks = 0
+        self._fail_closed_count = {"video": 0, "audio": 0}
         self._stage_failures: dict[str, int] = {}
         self._controller_ok = True
 
     # -- connection-level ------------------------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
-        level = self._video.level
         return protocol.hello(
             session_id=self.id,
             audio={"sample_rate": SAMPLE_RATE, "chunk_ms": self._audio.chunk_ms},
-            video=level.as_directive(),
+            video=self._video.level.as_directive(),
             limits={
                 "max_frame_bytes": self.settings.max_frame_bytes,
                 "max_messages_per_s": self.settings.max_messages_per_s,
             },
-            backends=self._backends,
-            settings=self.current_settings(),
+            backends=dict(self.info.report),
+            settings=self.controls.as_dict(),
+            on_stage_failure=self.settings.on_stage_failure,
         )
-
-    def current_settings(self) -> dict[str, Any]:
-        return {
-            "max_faces": self._tracker.max_faces,
-            "swap": self.swap_enabled,
-            "enhance": self.enhance_enabled,
-            "fidelity": self.fidelity,
-            "pitch_semitones": self.voice_params.pitch_semitones,
-            "formant_shift": self.voice_params.formant_shift,
-            "voice": self._voice_name,
-        }
 
     def admit(self, now: float) -> bool:
         """Message rate limit (token bucket); False means close with 4029."""
@@ -156,44 +160,16 @@ class Session:
         if kind == "ping":
             return [protocol.pong(message.get("t"))]
         if kind == "settings":
-            return self._apply_settings(message)
+            replies = self.controls.apply(message)
+            self._tracker.max_faces = self.controls.max_faces
+            return replies
         return []  # unknown types are ignored (protocol: forward compatibility)
-
-    def _apply_settings(self, message: dict[str, Any]) -> list[Outgoing]:
-        accepted, refused = protocol.parse_settings(message)
-        replies: list[Outgoing] = [protocol.error(ErrorCode.BAD_SETTING, reason) for reason in refused]
-        voice = accepted.get("voice")
-        voices = [*self._backends.get("voices", []), *PRESETS]
-        if voice is not None and voice not in voices:
-            replies.append(
-                protocol.error(ErrorCode.BAD_SETTING, f"voice must be one of [{', '.join(voices)}], got {voice!r}")
-            )
-            accepted.pop("voice")
-        elif voice in PRESETS:  # a preset sets pitch and formant unless the same message sets them too
-            preset = PRESETS[voice]
-            accepted.setdefault("pitch_semitones", preset.pitch_semitones)
-            accepted.setdefault("formant_shift", preset.formant_shift)
-        if "max_faces" in accepted:
-            self._tracker.max_faces = accepted["max_faces"]
-        self.swap_enabled = accepted.get("swap", self.swap_enabled)
-        self.enhance_enabled = accepted.get("enhance", self.enhance_enabled)
-        self.fidelity = accepted.get("fidelity", self.fidelity)
-        model_voice = accepted.get("voice", self.voice_params.voice)
-        self.voice_params = VoiceParams(
-            pitch_semitones=accepted.get("pitch_semitones", self.voice_params.pitch_semitones),
-            formant_shift=accepted.get("formant_shift", self.voice_params.formant_shift),
-            voice=None if model_voice in PRESETS else model_voice,
-        )
-        self._voice_name = accepted.get("voice", self._voice_name)
-        if accepted:
-            replies.append({"type": "settings", "applied": sorted(accepted), **self.current_settings()})
-        return replies
 
     # -- reference ------------------------------------------------------------------------------------------------
     async def on_reference(self, media: Media) -> list[Outgoing]:
         """Reference image -> largest face -> identity. On any failure the previous identity stays."""
         try:
-            image = decode_image(media.payload, self.settings.max_image_pixels, max_side=1024)
+            image = await self._workers.video(decode_image, media.payload, self.settings.max_image_pixels, 1024)
         except CodecError as exc:
             self._invalid.record(True)
             return [protocol.reference_reply(False, 0, f"That file is not a usable image ({exc}).")]
@@ -201,8 +177,7 @@ class Session:
         faces: list[Face] = []
         try:
             faces = await self._stages.detect(image)
-            face = self._reference_face(faces)
-            identity = await self._stages.identity(image, face)
+            identity = await self._stages.identity(image, choose_reference_face(faces))
         except ReferenceRejected as exc:
             return [protocol.reference_reply(False, len(faces), str(exc))]
         except Exception as exc:
@@ -211,22 +186,6 @@ class Session:
         self._identity = identity
         logger.info("session %s: reference set (%d faces in image)", self.id, len(faces))
         return [protocol.reference_reply(True, len(faces))]
-
-    @staticmethod
-    def _reference_face(faces: list[Face]) -> Face:
-        if not faces:
-            raise ReferenceRejected("No face was found in that photo. Use a clear, front-facing photo of one person.")
-        ranked = largest_faces(faces, 2)
-        if ranked[0].size < MIN_REFERENCE_FACE_PX:
-            raise ReferenceRejected(
-                f"The face in that photo is too small ({ranked[0].size:.0f} px); use a photo where the face is at "
-                f"least {MIN_REFERENCE_FACE_PX} px across."
-            )
-        if len(ranked) > 1 and ranked[1].area >= EQUAL_FACES_RATIO * ranked[0].area:
-            raise ReferenceRejected(
-                "That photo has several faces of about the same size; crop it to the one person you want to become."
-            )
-        return ranked[0]
 
     # -- a frame's journey ----------------------------------------------------------------------------------------
     def count_video_drop(self, reason: str) -> None:
@@ -238,31 +197,37 @@ class Session:
         started = self._clock()
         self.metrics.frame_in()
         level = self._video.level
-        # 1. decode with a dimension cap (invalid frames are counted and answered, never a crash)
+        # 1. the header of the image (dimension cap) before any work; invalid frames are counted and answered
         try:
-            image = decode_image(media.payload, self.settings.max_image_pixels)
+            image_size(media.payload)
         except CodecError as exc:
             self.metrics.frame_dropped("invalid")
             return self.on_invalid(exc, "video frame")
-        self._invalid.record(False)
-        decoded = self._clock()
-        # 2. sync: audio is the master clock
+        # 2. sync (audio is the master clock), then the degrade level: paused, fps gate
         decision = self._sync.on_video(media.capture_us)
-        replies: list[Outgoing] = []
         if decision.degrade_request:
             self._video.request_degrade("audio leads video")
         if not decision.keep:
             self.metrics.frame_dropped(decision.reason)
             return []
-        # 3. degrade level: fps gate and resolution cap
+        if level.paused:
+            self.metrics.frame_dropped(DROP_PAUSED)
+            return []
         if not self._fps_gate.admit(media.capture_us, level.fps):
             self.metrics.frame_dropped(DROP_FPS_GATE)
             return []
-        image = resize_max_side(image, level.max_side)
-        # 4-6. detect / track, swap, enhance
-        output, passthrough, timings = await self._process_faces(image)
+        # 3. decode with the resolution cap, off the loop
+        try:
+            image, gray = await self._workers.video(self._decode, media.payload, level.max_side)
+        except CodecError as exc:
+            self.metrics.frame_dropped("invalid")
+            return self.on_invalid(exc, "video frame")
+        self._invalid.record(False)
+        decoded = self._clock()
+        # 4-6. detect / track, swap, enhance (fails closed)
+        output, flags, timings = await self._process_faces(image, gray)
         encode_start = self._clock()
-        payload = encode_jpeg(output, level.jpeg_quality)
+        payload = await self._workers.video(encode_jpeg, output, level.jpeg_quality)
         done = self._clock()
         timings["decode"] = (decoded - started) * 1000.0
         timings["encode"] = (done - encode_start) * 1000.0
@@ -272,55 +237,64 @@ class Session:
         self.metrics.runtime_ratio("video", total_ms * level.fps / 1000.0)
         self.metrics.frame_out()
         replies = self._video_changed(self._video.step(total_ms))
-        flags = FLAG_PASSTHROUGH if passthrough else 0
         return [Media(Kind.VIDEO, media.seq, media.capture_us, payload, flags), *replies]
 
-    async def _process_faces(self, image: np.ndarray) -> tuple[np.ndarray, bool, dict[str, float]]:
+    def _decode(self, payload: bytes, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        image = resize_max_side(decode_image(payload, self.settings.max_image_pixels), max_side)
+        return image, cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+    async def _video_stage(self, call: Awaitable[T]) -> T:
+        """A video stage call, bounded: a frame whose stage is slower than the timeout fails closed."""
+        return await asyncio.wait_for(call, self._video_timeout_s)
+
+    async def _process_faces(self, image: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, int, dict[str, float]]:
+        """(frame out, flags, stage timings). Unswapped frames carry FLAG_PASSTHROUGH."""
         timings: dict[str, float] = {}
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        disguise = self._identity is not None and self.controls.swap
         t0 = self._clock()
         detect = self._tracker.needs_detection()
         self.metrics.detector_call(detect)
-        if detect:
-            try:
-                faces = self._tracker.update(await self._stages.detect(image), gray)
-            except Exception as exc:
-                self._stage_failed("detect", exc)
-                return image, True, timings
-            timings["detect"] = (self._clock() - t0) * 1000.0
-        else:
-            faces = self._tracker.propagate(gray)
-        if self._identity is None or not self.swap_enabled or not faces:
-            return image, True, timings
+        try:
+            if detect:
+                found = await self._video_stage(self._stages.detect(image))
+                faces = await self._workers.video(self._tracker.update, found, gray)
+                timings["detect"] = (self._clock() - t0) * 1000.0
+            else:
+                faces = await self._workers.video(self._tracker.propagate, gray)
+        except Exception as exc:
+            return await self._frame_failed("detect", exc, image, disguise), FLAG_PASSTHROUGH, timings
+        if self._identity is None or not disguise or not faces:
+            return image, FLAG_PASSTHROUGH, timings
         t1 = self._clock()
         try:
             output = await self._swap_region(image, faces, self._identity)
         except Exception as exc:
-            self._stage_failed("swap", exc)
-            return image, True, timings
+            return await self._frame_failed("swap", exc, image, disguise), FLAG_PASSTHROUGH, timings
         timings["swap"] = (self._clock() - t1) * 1000.0
-        passthrough = bool(self._backends.get("swapper", {}).get("passthrough", False))
-        if self.enhance_enabled and not self._backends.get("enhancer", {}).get("fallback", True):
+        if self.controls.enhance and self.info.enhancer_available:
             t2 = self._clock()
             output = await self._enhance(output, faces)
             timings["enhance"] = (self._clock() - t2) * 1000.0
-        return output, passthrough, timings
+        return output, FLAG_PASSTHROUGH if self.info.swap_passthrough else 0, timings
 
     async def _swap_region(self, image: np.ndarray, faces: list[Face], identity: SourceIdentity) -> np.ndarray:
         """Only the region around the faces travels to the swapper (both swappers work bbox-local)."""
         x1, y1, x2, y2 = face_region(faces, image.shape[1], image.shape[0], SWAP_MARGIN)
         shifted = [translate(face, -x1, -y1) for face in faces]
-        swapped = await self._stages.swap(np.ascontiguousarray(image[y1:y2, x1:x2]), shifted, identity)
+        region = np.ascontiguousarray(image[y1:y2, x1:x2])
+        swapped = await self._video_stage(self._stages.swap(region, shifted, identity))
         output = image.copy()
         output[y1:y2, x1:x2] = swapped
         return output
 
     async def _enhance(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
-        """Only the aligned 512 crops travel to the enhancer; they are pasted back with a feathered mask."""
+        """Only the aligned 512 crops travel to the enhancer; they are pasted back with a feathered mask.
+
+        A failed enhancement keeps the swapped frame (the face is already disguised)."""
         aligned = [warp_face(image, face.kps, FFHQ_TEMPLATE_512, ENHANCE_CROP_PX) for face in faces]
         crops = np.stack([crop for crop, _ in aligned])
         try:
-            restored = await self._stages.restore(crops, self.fidelity)
+            restored = await self._video_stage(self._stages.restore(crops, self.controls.fidelity))
         except Exception as exc:
             self._stage_failed("enhance", exc)
             return image
@@ -329,29 +303,40 @@ class Session:
             image = paste_back(image, crop, matrix, mask)
         return image
 
+    async def _frame_failed(self, stage: str, exc: BaseException, image: np.ndarray, disguise: bool) -> np.ndarray:
+        """A frame whose stage failed or timed out: its face regions masked while a disguise is on."""
+        self._stage_failed(stage, exc)
+        if not (disguise and self._fail_closed):
+            return image
+        self._fail_closed_count["video"] += 1
+        return await self._workers.video(mask_faces, image, self._tracker.faces)
+
     def _video_changed(self, decision: VideoDecision) -> list[Outgoing]:
         if not decision.changed:
             return []
         self.metrics.degrade(decision.level.index, self._video.floor, len(self._video.ladder) - 1)
         logger.info("session %s: video level %d (%s)", self.id, decision.level.index, decision.reason)
-        return [protocol.directive(decision.reason, video=decision.level.as_directive())]
+        reason = decision.reason
+        if decision.level.paused:
+            reason = f"{reason}: video paused so that audio stays in time; it resumes when the server has room"
+        return [protocol.directive(reason, video=decision.level.as_directive())]
 
-    def _stage_failed(self, stage: str, exc: Exception) -> None:
-        """A failed stage call: this payload goes out in passthrough; the session goes on."""
+    def _stage_failed(self, stage: str, exc: BaseException) -> None:
+        """A failed or timed-out stage call: the session goes on (that payload fails closed)."""
         self._stage_failures[stage] = self._stage_failures.get(stage, 0) + 1
-        logger.warning("session %s: %s failed (%s); answering in passthrough", self.id, stage, exc)
+        logger.warning("session %s: %s failed (%s)", self.id, stage, str(exc) or type(exc).__name__)
 
     # -- a chunk's journey ----------------------------------------------------------------------------------------
     async def on_audio(self, media: Media, late: bool = False) -> list[Outgoing]:
         """PCM16 in -> ring buffer -> converted blocks out, each tagged with the seq of the chunk that completed it.
 
-        ``late``: the transport has a backlog; blocks are passed through unconverted (flagged) to catch up.
+        ``late``: the transport has a backlog; blocks skip the voice stage and go out through the ingress's own
+        pitch shift (flagged) so that latency returns to normal. No sample is ever dropped.
         """
-        samples_per_frame = protocol.SAMPLES_PER_10MS
-        if not media.payload or len(media.payload) % (samples_per_frame * protocol.PCM_SAMPLE_BYTES):
+        if not media.payload or len(media.payload) % (protocol.SAMPLES_PER_10MS * protocol.PCM_SAMPLE_BYTES):
             error = ProtocolError(
                 ErrorCode.BAD_PAYLOAD,
-                f"audio payload must be a non-empty multiple of {samples_per_frame} PCM16 samples (10 ms),"
+                f"audio payload must be a non-empty multiple of {protocol.SAMPLES_PER_10MS} PCM16 samples (10 ms),"
                 f" got {len(media.payload)} bytes",
             )
             return self.on_invalid(error, "audio chunk")
@@ -366,54 +351,82 @@ class Session:
         replies: list[Outgoing] = []
         while (window := self._voice.next_window()) is not None:
             started = self._clock()
-            converted, flags = None, FLAG_PASSTHROUGH
-            if window.gated:
-                flags = 0
-            elif late:
-                self.audio_late_blocks += 1
-            else:
-                try:
-                    converted = await self._stages.convert(window.samples, self.voice_params, self.audio_failed)
-                    flags = 0
-                except Exception as exc:
-                    self._stage_failed("voice", exc)
+            converted, outcome, notes = await self._convert(window, late)
+            replies += notes
             converted_at = self._clock()
             block = self._voice.complete(window, converted)
             payload = float_to_pcm16(block)
             done = self._clock()
-            runtime_s = done - started
-            ratio = runtime_s * SAMPLE_RATE / window.block
+            ratio = (done - started) * SAMPLE_RATE / window.block
             self.metrics.stage_ms("audio", "convert", (converted_at - started) * 1000.0)
             self.metrics.stage_ms("audio", "post", (done - converted_at) * 1000.0)
             self.metrics.runtime_ratio("audio", ratio)
             self.samples_out += len(block)
+            flags = 0 if outcome in (CONVERTED, SILENT) else FLAG_PASSTHROUGH
             replies.append(Media(Kind.AUDIO, media.seq, media.capture_us, payload, flags))
-            if converted is not None:
-                replies += self._audio_decision(ratio, silent=False)
-            else:
-                self.metrics.audio_out(accepted=window.gated)
-                change = self._audio.at_silence() if window.gated else None
+            if outcome == SILENT:
+                self.metrics.audio_out(accepted=True)
+                change = self._audio.at_silence()
                 if change is not None:  # a silent block is where a pending chunk change lands without a glitch
                     replies += self._apply_chunk(*change)
+            elif outcome in (CONVERTED, TIMED_OUT):  # the policy sees the real ratio (grow, fail over to fallback)
+                replies += self._audio_decision(ratio)
+            else:
+                self.metrics.audio_out(accepted=False)
+                self._video.request_degrade("audio over budget")
+            replies += self._video_changed(self._video.tick_paused(outcome in (CONVERTED, SILENT)))
         return replies
 
-    def _audio_decision(self, ratio: float, silent: bool) -> list[Outgoing]:
-        decision = self._audio.step(ratio, is_silence=silent)
+    async def _convert(self, window: VoiceWindow, late: bool) -> tuple[np.ndarray | None, str, list[Outgoing]]:
+        """(converted window or None for silence/raw, outcome, messages)."""
+        if window.gated:
+            return None, SILENT, []
+        if late:
+            self.audio_late_blocks += 1
+            return await self._block_failed(window), LATE, []
+        budget_s = FAIL_ABOVE * window.block / SAMPLE_RATE  # later than this counts toward an audio failure anyway
+        params = self.controls.voice_params
+        try:
+            converted = await asyncio.wait_for(
+                self._stages.convert(window.samples, params, self.audio_failed), budget_s
+            )
+        except TimeoutError:
+            self._stage_failed("voice", TimeoutError(f"no answer within {budget_s * 1000:.0f} ms"))
+            return await self._block_failed(window), TIMED_OUT, []
+        except Exception as exc:
+            self._stage_failed("voice", exc)
+            notes = self._switch_to_fallback(f"the converter failed: {type(exc).__name__}")
+            return await self._block_failed(window), FAILED, notes
+        if not usable_output(window, converted):
+            self._stage_failed("voice", ValueError("converter output is not sane audio"))
+            return await self._block_failed(window), FAILED, self._switch_to_fallback("the converter returned noise")
+        return converted, CONVERTED, []
+
+    async def _block_failed(self, window: VoiceWindow) -> np.ndarray | None:
+        """A block the voice stage could not convert: the ingress's own pitch shift while a disguise is on."""
+        if not (self._fail_closed and self.controls.voice_disguised):
+            return None  # the raw block (reveal was chosen, or the voice is the speaker's own)
+        self._fail_closed_count["audio"] += 1
+        try:
+            return await self._workers.audio(self._shift.convert, window.samples, self.controls.voice_params)
+        except Exception:  # never the raw voice: silence
+            logger.exception("session %s: fail-closed pitch shift failed; sending silence", self.id)
+            return np.zeros_like(window.samples)
+
+    def _switch_to_fallback(self, why: str) -> list[Outgoing]:
+        if self.audio_failed:
+            return []
+        self.audio_failed = True
+        logger.warning("session %s: audio failure (%s); switching to %s", self.id, why, self.info.fallback_converter)
+        message = f"voice conversion failed ({why}): switched to {self.info.fallback_converter}"
+        return [protocol.error("audio_failure", message)]
+
+    def _audio_decision(self, ratio: float) -> list[Outgoing]:
+        decision = self._audio.step(ratio)
         self.metrics.audio_out(decision.accepted)
         if not decision.accepted:  # the machine is short: video yields to audio, never the other way round
             self._video.request_degrade("audio over budget")
-        replies: list[Outgoing] = []
-        if decision.fallback and not self.audio_failed:
-            self.audio_failed = True
-            logger.warning(
-                "session %s: audio failure (%s); switching to the fallback converter", self.id, decision.reason
-            )
-            fallback = self._backends.get("voice", {}).get("fallback_converter", "the fallback converter")
-            replies.append(
-                protocol.error(
-                    "audio_failure", f"voice conversion too slow ({decision.reason}): switched to {fallback}"
-                )
-            )
+        replies = self._switch_to_fallback(f"too slow: {decision.reason}") if decision.fallback else []
         return replies + self._apply_chunk(decision.new_chunk_ms, decision.reason)
 
     def _apply_chunk(self, chunk_ms: int | None, reason: str) -> list[Outgoing]:
@@ -445,10 +458,11 @@ class Session:
             chunk_ms=self._audio.chunk_ms,
             samples_in=self.samples_in,
             samples_out=self.samples_out,
-            late_passthrough_blocks=self.audio_late_blocks,
+            late_blocks=self.audio_late_blocks,
             failed=self.audio_failed,
         )
         body["video"] = self._video.level.as_directive()
+        body["fail_closed"] = dict(self._fail_closed_count)
         body["stage_failures"] = dict(self._stage_failures)
         body["controller"] = "ok" if self._controller_ok else "unreachable (local rules)"
         return protocol.stats(body)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -38,6 +39,60 @@ class IdentityMiss:
     """A swapper replica does not hold the identity a request named by key; the caller resends it in full."""
 
     key: str
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """What the stages can do, as the session needs to know it (built once per ingress from the stages' reports).
+
+    ``report`` is the stages' own report (name, reason, fallback per stage), sent as ``hello.backends``.
+    """
+
+    swap_passthrough: bool = False  # the swapper returns frames unchanged (explicit diagnostics choice)
+    enhancer_available: bool = False
+    voices: tuple[str, ...] = ()  # model voices the voice stage offers (presets come on top)
+    fallback_converter: str = "the fallback converter"  # what the voice stage switches to on audio failure
+    fail_closed_converter: str = "pitch-shift"  # what the ingress runs itself when the voice stage cannot answer
+    report: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Mapping[str, Any]], fail_closed_converter: str) -> StageInfo:
+        """From the per-stage ``ready()`` reports (detector, swapper, enhancer, voice)."""
+        voice = report.get("voice", {})
+        voices = tuple(voice.get("voices", ()))
+        return cls(
+            swap_passthrough=bool(report.get("swapper", {}).get("passthrough", False)),
+            enhancer_available=not report.get("enhancer", {}).get("fallback", True),
+            voices=voices,
+            fallback_converter=str(voice.get("fallback_converter", cls.fallback_converter)),
+            fail_closed_converter=fail_closed_converter,
+            report={**report, "voices": list(voices), "fail_closed_converter": fail_closed_converter},
+        )
+
+
+class Workers:
+    """Thread pools for a replica's CPU work, off the event loop: one for video, one for audio.
+
+    Separate pools so an audio job never queues behind frames (audio first); both shared by the replica's sessions.
+    """
+
+    def __init__(self, video_threads: int = 2, audio_threads: int = 1) -> None:
+        self._video = ThreadPoolExecutor(video_threads, thread_name_prefix="mirage-video")
+        self._audio = ThreadPoolExecutor(audio_threads, thread_name_prefix="mirage-audio")
+
+    @classmethod
+    def from_settings(cls, settings: MirageSettings) -> Workers:
+        return cls(settings.video_threads, settings.audio_threads)
+
+    async def video(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._video, fn, *args)
+
+    async def audio(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._audio, fn, *args)
+
+    def shutdown(self) -> None:
+        self._video.shutdown(wait=False, cancel_futures=True)
+        self._audio.shutdown(wait=False, cancel_futures=True)
 
 
 class Stages(Protocol):
@@ -75,17 +130,21 @@ class TestDelay:
 
 
 class LocalStages:
-    """In-process stages over ready backends (tests, benchmarks, the in-process baseline)."""
+    """In-process stages over ready backends, run on the replica's workers (tests, benchmarks, the in-process
+    baseline, and the ingress's own stages where ``local_stages`` places them there)."""
 
     def __init__(
         self,
         settings: MirageSettings,
-        detector: Detector,
-        swapper: Swapper,
-        enhancer: Enhancer,
-        converter: VoiceConverter,
-        fallback_converter: VoiceConverter,
+        detector: Detector | None,
+        swapper: Swapper | None,
+        enhancer: Enhancer | None,
+        converter: VoiceConverter | None,
+        fallback_converter: VoiceConverter | None,
+        workers: Workers | None = None,
     ) -> None:
+        """Backends that are None are not placed here (calling them raises :class:`StageUnavailable`)."""
+        self.workers = workers or Workers.from_settings(settings)
         self.detector = detector
         self.swapper = swapper
         self.enhancer = enhancer
@@ -93,27 +152,29 @@ class LocalStages:
         self.fallback_converter = fallback_converter
         self.delays = {stage: TestDelay(settings, stage) for stage in ("detect", "swap", "enhance", "voice")}
 
-    async def _run(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, stage: str, fn: Callable[..., T] | None, *args: Any) -> T:
         """``fn(*args)`` off the event loop, after the stage's test delay (0 unless a test sets one)."""
+        if fn is None:
+            raise StageUnavailable(f"the {stage} stage is not placed in this process")
 
         def call() -> T:
             self.delays[stage].sleep()
             return fn(*args)
 
-        return await asyncio.to_thread(call)
+        return await (self.workers.audio(call) if stage == "voice" else self.workers.video(call))
 
     async def detect(self, image: np.ndarray) -> list[Face]:
-        return await self._run("detect", self.detector.detect, image)
+        return await self._run("detect", self.detector and self.detector.detect, image)
 
     async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
-        return await self._run("swap", self.swapper.identity, image, face)
+        return await self._run("swap", self.swapper and self.swapper.identity, image, face)
 
     async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
-        return await self._run("swap", self.swapper.swap, image, list(faces), identity)
+        return await self._run("swap", self.swapper and self.swapper.swap, image, list(faces), identity)
 
     async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
-        return await self._run("enhance", self.enhancer.restore, crops, fidelity)
+        return await self._run("enhance", self.enhancer and self.enhancer.restore, crops, fidelity)
 
     async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray:
         converter = self.fallback_converter if fallback else self.converter
-        return await self._run("voice", converter.convert, window, params)
+        return await self._run("voice", converter and converter.convert, window, params)

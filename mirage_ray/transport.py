@@ -3,9 +3,9 @@
 The socket is read in one loop; video and audio are processed by two workers so audio never waits behind video:
 - video keeps a one-frame slot: a frame that arrives while the previous one is still in the pipeline replaces
   the waiting one (the replaced frame is counted as dropped, reason ``busy``), so video latency stays constant;
-- audio is processed strictly in order; when more than ``AUDIO_BACKLOG_BLOCKS`` chunks are waiting, the backlog is
-  answered without conversion (passthrough, flagged) so latency returns to normal instead of growing. No sample is
-  ever dropped.
+- audio is processed strictly in order; when more than ``AUDIO_BACKLOG_BLOCKS`` chunks are waiting, the backlog
+  skips the voice stage and goes out through the session's own cheap pitch shift (flagged, never the raw voice) so
+  latency returns to normal instead of growing. No sample is ever dropped.
 A ticker sends ``stats`` about once a second, pushes the session summary to the controller, and closes the
 socket with 4001 when the token expires.
 """
@@ -26,7 +26,7 @@ from mirage_ray.session import Outgoing, Session
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
-AUDIO_BACKLOG_BLOCKS = 3  # chunks waiting beyond this are answered in passthrough to keep latency constant
+AUDIO_BACKLOG_BLOCKS = 3  # chunks waiting beyond this skip the voice stage (fail-closed shift) to keep latency
 CONTROLLER_TIMEOUT_S = 0.5
 
 
@@ -170,14 +170,13 @@ class Connection:
                 audio=self._audio_queue.qsize(), video=int(self._video_slot is not None), outbound=self._waiting_sends
             )
             await self._send([self._session.stats_message()])
+            summary = self._session.summary()  # kept for admission and /v1/stats, pushed to the controller
             if self._controller_push is not None:
-                await self._push_to_controller()
+                await self._push_to_controller(summary)
 
-    async def _push_to_controller(self) -> None:
+    async def _push_to_controller(self, summary: dict[str, Any]) -> None:
         try:
-            directive = await asyncio.wait_for(
-                self._controller_push(self._session.summary()), timeout=CONTROLLER_TIMEOUT_S
-            )
+            directive = await asyncio.wait_for(self._controller_push(summary), timeout=CONTROLLER_TIMEOUT_S)
         except Exception as exc:  # controller down or slow: the session keeps its local rules
             self._session.controller_unreachable(str(exc) or type(exc).__name__)
             return

@@ -90,6 +90,15 @@ def sola_offset(head: np.ndarray, saved: np.ndarray) -> int:
     return best
 
 
+def usable_output(window: VoiceWindow, converted: np.ndarray) -> bool:
+    """Whether a converter's answer for ``window`` is sane audio of an accepted length (else: a failed call)."""
+    out = np.asarray(converted)
+    if out.ndim != 1 or len(out) not in (len(window.samples), window.tail):
+        return False
+    tail = out[-window.tail :]
+    return bool(np.all(np.isfinite(tail))) and float(np.abs(tail).max(initial=0.0)) <= CONVERTED_PEAK_LIMIT
+
+
 class VoiceStream:
     """Ring buffer, gate and SOLA join for one session's voice. Not thread-safe (one per session)."""
 

@@ -17,6 +17,7 @@ from mirage_ray.adapt import (
     RESTORE_AFTER_FRAMES,
     RESTORE_AFTER_MAX_FRAMES,
     RESTORE_BELOW,
+    RESTORE_FROM_PAUSE_TICKS,
     FpsGate,
     Level,
     VideoDecision,
@@ -62,22 +63,29 @@ def test_default_ladder_order_quality_then_fps_then_resolution() -> None:
         (55, 15.0, 512),
         (55, 15.0, 384),
         (55, 15.0, 256),
+        (55, 10.0, 256),  # below the seed's floor: a few fps ...
+        (55, 5.0, 256),
+        (55, 2.0, 256),
+        (55, 1.0, 256),  # ... then paused (1 fps is the rate the paused directive asks for)
     ]
+    assert [lv.paused for lv in build_ladder()] == [False] * 11 + [True]
 
 
 def test_level_directive_is_the_protocol_video_object() -> None:
     assert build_ladder()[6].as_directive() == {"width": 384, "height": 384, "fps": 15.0, "jpeg_quality": 55}
     wide = build_ladder(640, 480, 30.0, 90)
     assert [lv.fps for lv in wide if lv.jpeg_quality == 60][:2] == [30.0, 27.5]
-    assert (wide[-2].width, wide[-2].height) == (384, 288)
-    assert (wide[-1].width, wide[-1].height) == (256, 192)
-    assert (wide[-1].fps, wide[-1].jpeg_quality) == (15.0, 60)
+    assert (wide[-6].width, wide[-6].height) == (384, 288)
+    assert (wide[-5].width, wide[-5].height) == (256, 192)
+    assert (wide[-5].fps, wide[-5].jpeg_quality) == (15.0, 60)
+    assert wide[-1].as_directive() == {"width": 256, "height": 192, "fps": 1.0, "jpeg_quality": 60, "paused": True}
 
 
 def test_from_settings_builds_the_ladder_from_the_configured_video() -> None:
     settings = MirageSettings(video_fps=15.0, jpeg_quality=75, context_ms=400, chunk_ms=200)
     rungs = [(lv.jpeg_quality, lv.fps, lv.max_side) for lv in VideoDegradePolicy.from_settings(settings).ladder]
-    assert rungs == [(75, 15.0, 512), (65, 15.0, 512), (55, 15.0, 512), (55, 15.0, 384), (55, 15.0, 256)]
+    assert rungs[:5] == [(75, 15.0, 512), (65, 15.0, 512), (55, 15.0, 512), (55, 15.0, 384), (55, 15.0, 256)]
+    assert rungs[5:] == [(55, 10.0, 256), (55, 5.0, 256), (55, 2.0, 256), (55, 1.0, 256)]
 
 
 def test_degrades_on_the_30th_overloaded_frame_then_cools_down() -> None:
@@ -155,8 +163,15 @@ def test_requests_during_cool_down_wait_and_merge() -> None:
     assert changes(decisions) == [(REDEGRADE_COOLDOWN_FRAMES, 2, "request:late")]
 
 
+def paused() -> VideoDegradePolicy:
+    policy = VideoDegradePolicy()
+    policy.force_level(len(policy.ladder) - 1)
+    policy.release_floor()
+    return policy
+
+
 def test_request_at_the_last_level_is_ignored() -> None:
-    policy = degraded_to(7)
+    policy = paused()
     policy.request_degrade("late")
     assert changes(feed(policy, 50.0, 100)) == []
 
@@ -181,10 +196,30 @@ def test_controller_floor_does_not_block_local_degrade() -> None:
     assert policy.force_level(2).level.index == 3  # a lower floor is not a restore
 
 
-@pytest.mark.parametrize("bad", [-1, 8])
+@pytest.mark.parametrize("bad", [-1, 12])
 def test_force_level_out_of_range(bad: int) -> None:
     with pytest.raises(ValueError, match="level index"):
         VideoDegradePolicy().force_level(bad)
+
+
+def test_paused_video_resumes_after_enough_in_budget_audio_blocks() -> None:
+    top = len(build_ladder()) - 1
+    policy = paused()
+    assert policy.level.paused
+    for _ in range(RESTORE_FROM_PAUSE_TICKS - 1):
+        assert not policy.tick_paused(True).changed
+    assert not policy.tick_paused(False).changed  # one block over budget starts the count again
+    decisions = [policy.tick_paused(True) for _ in range(RESTORE_FROM_PAUSE_TICKS)]
+    assert [d.changed for d in decisions] == [False] * (RESTORE_FROM_PAUSE_TICKS - 1) + [True]
+    assert (policy.level.index, policy.level.paused, policy.level.fps) == (top - 1, False, 2.0)
+    assert not policy.tick_paused(True).changed  # not paused: audio ticks change nothing
+
+
+def test_paused_video_holds_at_the_controller_floor() -> None:
+    top = len(build_ladder()) - 1
+    policy = VideoDegradePolicy()
+    policy.force_level(top)
+    assert not any(policy.tick_paused(True).changed for _ in range(3 * RESTORE_FROM_PAUSE_TICKS))
 
 
 def test_a_restore_that_does_not_hold_doubles_the_next_wait() -> None:

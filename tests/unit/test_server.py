@@ -13,16 +13,18 @@ import pytest
 from starlette.testclient import TestClient
 
 from mirage_ray import protocol
+from mirage_ray.admission import AdmissionGate
 from mirage_ray.codec import float_to_pcm16
 from mirage_ray.config import MirageSettings
 from mirage_ray.protocol import CloseCode, Kind
 from mirage_ray.security import build_auth
 from mirage_ray.server import ServerContext, build_app
-from mirage_ray.stages import LocalStages
+from mirage_ray.stages import LocalStages, StageInfo
 from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 from mirage_ray.vision.enhance_none import NoEnhancer
 from mirage_ray.vision.swap_classical import ClassicalSwapper
 from mirage_ray.voice.convert_passthrough import PassthroughConverter
+from mirage_ray.voice.convert_shift import ShiftConverter
 from mirage_ray.voice.convert_world import WorldConverter
 from tests.media import moving_face_frames
 
@@ -40,7 +42,7 @@ def backends() -> dict:
     }
 
 
-def make_client(backends: dict, **overrides: object) -> TestClient:
+def make_client(backends: dict, admission: AdmissionGate | None = None, **overrides: object) -> TestClient:
     settings = MirageSettings(jwt_secret=SECRET, **overrides)
     stages = LocalStages(
         settings,
@@ -60,7 +62,8 @@ def make_client(backends: dict, **overrides: object) -> TestClient:
     async def readiness() -> dict:
         return report
 
-    context = ServerContext(settings, build_auth(settings), stages, {**report, "voices": []}, readiness)
+    info = StageInfo.from_report(report, ShiftConverter.name)
+    context = ServerContext(settings, build_auth(settings), stages, info, readiness, admission=admission)
     return TestClient(build_app(context))
 
 
@@ -117,7 +120,7 @@ def test_page_token_in_local_auto_mode(backends: dict) -> None:
         return {}
 
     stages = LocalStages(settings, *[backends[k] for k in ("detector", "swapper", "enhancer", "converter", "fallback")])
-    app = build_app(ServerContext(settings, auth, stages, {}, readiness))
+    app = build_app(ServerContext(settings, auth, stages, StageInfo(), readiness))
     with TestClient(app, client=("127.0.0.1", 5000)) as local:
         page_token = local.get("/v1/page-token").json()["token"]
         with connect(local, page_token) as ws:

@@ -7,6 +7,7 @@ set number of ms per call) and failures (a call that raises). Timing is therefor
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from mirage_ray.config import MirageSettings
 from mirage_ray.metrics import SessionSummary
 from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind, Media
 from mirage_ray.session import Session
-from mirage_ray.stages import StageUnavailable
+from mirage_ray.stages import StageInfo, StageUnavailable
 from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.vision.swap_classical import ClassicalSwapper
@@ -34,7 +35,7 @@ from tests.speech import speech
 BLOCK_192 = 3072  # samples in the default 192 ms block
 CHUNK_200 = 3200  # a 200 ms wire chunk (the natural client choice for 192 ms blocks)
 FRAME_US = 50_000  # 20 fps capture spacing
-BACKENDS = {"swapper": {"name": "classical-dlib68", "passthrough": False}, "enhancer": {"fallback": True}}
+INFO = StageInfo(fallback_converter="world-fast")
 
 
 class FakeClock:
@@ -120,7 +121,7 @@ def voiced() -> np.ndarray:
 
 
 def make_session(stages: ScriptedStages, **overrides: Any) -> Session:
-    return Session(MirageSettings(**overrides), stages, BACKENDS, session_id="s1", clock=stages.clock)
+    return Session(MirageSettings(**overrides), stages, INFO, session_id="s1", clock=stages.clock)
 
 
 def png(image: np.ndarray) -> bytes:
@@ -240,25 +241,39 @@ def best_match(block: np.ndarray, source: np.ndarray, start: int, search: int = 
     return max(scores)
 
 
-async def test_a_failed_conversion_passes_that_block_through_and_the_next_converts(voiced: np.ndarray) -> None:
-    stages = ScriptedStages(FakeClock(), converter=WorldConverter())
+async def test_a_converter_that_raises_fails_closed_and_switches_to_the_fallback(voiced: np.ndarray) -> None:
+    stages = ScriptedStages(FakeClock(), converter=WorldConverter(), fallback=WorldConverter())
     stages.fail["convert"] = {2}
     session = make_session(stages)
     x = voiced[: 6 * BLOCK_192 + 128]  # whole 10 ms frames
-    blocks = audio_blocks(await send_audio(session, x))
+    replies = await send_audio(session, x)
+    blocks = audio_blocks(replies)
     assert [b.flags & FLAG_PASSTHROUGH for b in blocks] == [0, 0, 1, 0, 0, 0]
     assert [len(b.payload) for b in blocks] == [2 * BLOCK_192] * 6
-    assert len(stages.convert_calls) == 6  # the block after the failure called the converter again
-    # block k carries input from k*block - (crossfade + search) + SOLA offset: the failed block is the input itself,
-    # the converted ones (the "deeper" preset) are not
+    # the call that raised switched the session to the fallback converter (not only a slow one does)
+    assert stages.convert_calls == [False, False, False, True, True, True]
+    assert [m["code"] for m in messages(replies, "error")] == ["audio_failure"]
+    # block k carries input from k*block - (crossfade + search) + SOLA offset: every block, the failed one (the
+    # ingress's own pitch shift) included, is far from the speaker's real voice (raw would score ~1.0)
     x16 = pcm16_to_float(float_to_pcm16(x))
     scores = [best_match(pcm16_to_float(b.payload), x16, k * BLOCK_192 - 800) for k, b in enumerate(blocks) if k]
-    assert scores[1] > 0.999
-    assert max(scores[0], *scores[2:]) < 0.9
+    assert max(scores) < 0.8, scores
     assert session.stats_message()["stage_failures"] == {"voice": 1}
+    assert session.stats_message()["fail_closed"] == {"video": 0, "audio": 1}
 
 
-async def test_late_blocks_pass_through_and_silent_blocks_skip_the_converter(voiced: np.ndarray) -> None:
+async def test_reveal_is_the_operators_explicit_opt_out(voiced: np.ndarray) -> None:
+    stages = ScriptedStages(FakeClock(), converter=WorldConverter(), fallback=WorldConverter())
+    stages.fail["convert"] = {2}
+    session = make_session(stages, on_stage_failure="reveal")
+    x = voiced[: 6 * BLOCK_192 + 128]
+    blocks = audio_blocks(await send_audio(session, x))
+    x16 = pcm16_to_float(float_to_pcm16(x))
+    assert best_match(pcm16_to_float(blocks[2].payload), x16, 2 * BLOCK_192 - 800) > 0.999  # the raw block
+    assert blocks[2].flags & FLAG_PASSTHROUGH
+
+
+async def test_late_blocks_skip_the_converter_but_not_the_disguise(voiced: np.ndarray) -> None:
     stages = ScriptedStages(FakeClock())
     session = make_session(stages)
     five = 5 * BLOCK_192  # five blocks are whole 10 ms frames too
@@ -268,6 +283,9 @@ async def test_late_blocks_pass_through_and_silent_blocks_skip_the_converter(voi
 
     late = await send(voiced[:five], 0, late=True)
     assert [b.flags for b in late] == [FLAG_PASSTHROUGH] * 5 and stages.convert_calls == []
+    x16 = pcm16_to_float(float_to_pcm16(voiced[:five]))
+    scores = [best_match(pcm16_to_float(b.payload), x16, k * BLOCK_192 - 800) for k, b in enumerate(late) if k]
+    assert max(scores) < 0.8, scores  # the ingress's pitch shift, never the speaker's real voice
     silent = await send(np.zeros(five, np.float32), 10)
     assert [b.flags for b in silent] == [0] * 5 and stages.convert_calls == []
     assert not np.any(pcm16_to_float(silent[1].payload))  # silence in, silence out (after the first fade-out)
@@ -275,7 +293,7 @@ async def test_late_blocks_pass_through_and_silent_blocks_skip_the_converter(voi
     assert [b.flags for b in silent_late] == [0] * 5  # gated wins: nothing to convert, nothing counted late
     live = await send(voiced[:five], 30)
     assert [b.flags for b in live] == [0] * 5 and stages.convert_calls == [False] * 5
-    assert session.stats_message()["audio"]["late_passthrough_blocks"] == 5
+    assert session.stats_message()["audio"]["late_blocks"] == 5
     assert_conserved(session)
 
 
@@ -380,18 +398,85 @@ async def test_slow_processing_walks_the_degrade_ladder_down_to_384(detector: Re
     assert session.stats_message()["video"] == ladder[6].as_directive()
 
 
-async def test_a_failing_detector_or_swapper_answers_that_frame_in_passthrough(
+def face_psnr(output: bytes, reference_frame: bytes, box: np.ndarray) -> float:
+    """PSNR (dB) of the output against the input inside the face box: ~30 dB when the input went out raw."""
+    a = cv2.imdecode(np.frombuffer(output, np.uint8), 1).astype(np.float64)
+    b = cv2.imdecode(np.frombuffer(reference_frame, np.uint8), 1).astype(np.float64)
+    x1, y1, x2, y2 = box.astype(int)
+    mse = float(((a[y1:y2, x1:x2] - b[y1:y2, x1:x2]) ** 2).mean())
+    return 10.0 * np.log10(255.0**2 / max(mse, 1e-9))
+
+
+RAW_FACE_PSNR_DB = 25.0  # a raw face scores ~30 dB after the JPEG round trip; masked or swapped ones far less
+
+
+async def test_a_failing_swapper_masks_the_face_once_a_reference_is_set(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+    frames = moving_face_frames(4)
+    before = (await session.on_video(video(0, 0, frames[0])))[0]  # no reference yet: unswapped, as the protocol says
+    assert before.flags == FLAG_PASSTHROUGH
+    box = stages.detect_calls[-1][0].bbox
+    assert face_psnr(before.payload, frames[0], box) > RAW_FACE_PSNR_DB
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    stages.fail["swap"] = {1}  # the second swap call (frame 2) raises
+    replies = [(await session.on_video(video(i, i * FRAME_US, frames[i])))[0] for i in (1, 2, 3)]
+    assert [r.flags for r in replies] == [0, FLAG_PASSTHROUGH, 0]  # swapped, swap failed (masked), swapped
+    scores = [face_psnr(r.payload, frames[i], box) for r, i in zip(replies, (1, 2, 3), strict=True)]
+    assert max(scores) < RAW_FACE_PSNR_DB, scores  # the real face never went out
+    assert session.stats_message()["stage_failures"] == {"swap": 1}
+    assert session.stats_message()["fail_closed"]["video"] == 1
+
+
+async def test_a_failing_detector_with_no_known_face_masks_the_whole_frame(
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = ScriptedStages(FakeClock(), detector, swapper)
     session = make_session(stages)
     await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
-    stages.fail["detect"] = {1}  # call 0 was the reference
-    stages.fail["swap"] = {0}  # frame 0 never reached the swapper
-    frames = moving_face_frames(3)
-    flags = [(await session.on_video(video(i, i * FRAME_US, f)))[0].flags for i, f in enumerate(frames)]
-    assert flags == [FLAG_PASSTHROUGH, FLAG_PASSTHROUGH, 0]  # detect failed, then swap failed, then swapped
-    assert session.stats_message()["stage_failures"] == {"detect": 1, "swap": 1}
+    stages.fail["detect"] = {1}  # call 0 was the reference: the first frame's detection fails, no face known yet
+    frame = moving_face_frames(1)[0]
+    reply = (await session.on_video(video(0, 0, frame)))[0]
+    assert reply.flags == FLAG_PASSTHROUGH
+    box = detector.detect(cv2.imdecode(np.frombuffer(frame, np.uint8), 1))[0].bbox
+    assert face_psnr(reply.payload, frame, box) < RAW_FACE_PSNR_DB
+    assert session.stats_message()["stage_failures"] == {"detect": 1}
+
+
+class SlowSwapStages(ScriptedStages):
+    """A swapper that answers later than the session's video stage timeout (real time, not the fake clock)."""
+
+    async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
+        await asyncio.sleep(0.3)
+        return await super().swap(image, faces, identity)
+
+
+async def test_a_swap_slower_than_the_timeout_goes_out_masked(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = SlowSwapStages(FakeClock(), detector, swapper)
+    session = make_session(stages, video_stage_timeout_ms=50)
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    frame = moving_face_frames(1)[0]
+    reply = (await session.on_video(video(0, 0, frame)))[0]
+    box = stages.detect_calls[-1][0].bbox
+    assert reply.flags == FLAG_PASSTHROUGH and face_psnr(reply.payload, frame, box) < RAW_FACE_PSNR_DB
+    assert session.stats_message()["stage_failures"] == {"swap": 1}
+
+
+async def test_reveal_sends_the_unswapped_frame_on_failure(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages, on_stage_failure="reveal")
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    stages.fail["swap"] = {0}
+    frame = moving_face_frames(1)[0]
+    reply = (await session.on_video(video(0, 0, frame)))[0]
+    box = stages.detect_calls[-1][0].bbox
+    assert reply.flags == FLAG_PASSTHROUGH and face_psnr(reply.payload, frame, box) > RAW_FACE_PSNR_DB
 
 
 # --- reference -----------------------------------------------------------------------------------------------------
@@ -476,16 +561,16 @@ async def test_enhancement_sends_only_aligned_crops_and_pastes_them_back_on_the_
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = EnhancingStages(FakeClock(), detector=detector, swapper=swapper)
-    backends = {**BACKENDS, "enhancer": {"name": "codeformer", "fallback": False}}
-    session = Session(MirageSettings(enhance=True), stages, backends, session_id="s1", clock=stages.clock)
+    info = StageInfo(enhancer_available=True)
+    session = Session(MirageSettings(enhance=True), stages, info, session_id="s1", clock=stages.clock)
     reference = insightface_image("Tom_Hanks_54745.png")
     assert (await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(reference))))[0]["ok"] is True
     frame = moving_face_frames(1)[0]
-    session.enhance_enabled = False
+    session.controls.enhance = False
     plain = cv2.imdecode(
         np.frombuffer((await session.on_video(Media(Kind.VIDEO, 1, 0, frame)))[0].payload, np.uint8), 1
     )
-    session.enhance_enabled = True
+    session.controls.enhance = True
     session.on_text('{"type": "settings", "fidelity": 0.3}')
     reply = (await session.on_video(Media(Kind.VIDEO, 2, FRAME_US, frame)))[0]
     enhanced = cv2.imdecode(np.frombuffer(reply.payload, np.uint8), 1)

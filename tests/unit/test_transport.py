@@ -21,6 +21,7 @@ from mirage_ray.codec import float_to_pcm16
 from mirage_ray.config import MirageSettings
 from mirage_ray.protocol import FLAG_PASSTHROUGH, CloseCode, Kind, Media
 from mirage_ray.session import Session
+from mirage_ray.stages import StageInfo
 from mirage_ray.transport import Connection
 from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 from mirage_ray.vision.faces import Face, SourceIdentity
@@ -31,7 +32,7 @@ from tests.speech import speech
 
 CHUNK = 3200  # 200 ms: with chunk_ms=200 every wire chunk completes exactly one block
 WAIT_S = 20.0  # a guard against a hung test, not a timing assertion
-BACKENDS = {"swapper": {"passthrough": False}, "enhancer": {"fallback": True}}
+INFO = StageInfo()
 
 
 class FakeSocket:
@@ -160,7 +161,7 @@ class Live:
 async def connected(detector: RetinaFaceDetector, **kwargs: Any) -> AsyncIterator[Live]:
     """A running Connection (chunk_ms=200) until the block ends, then the client disconnects."""
     stages = HeldStages(detector)
-    live = Live(FakeSocket(), Session(MirageSettings(chunk_ms=200), stages, BACKENDS, session_id="t1"), stages)
+    live = Live(FakeSocket(), Session(MirageSettings(chunk_ms=200), stages, INFO, session_id="t1"), stages)
     task = asyncio.create_task(Connection(live.socket, live.session, **kwargs).run())
     try:
         yield live
@@ -242,7 +243,7 @@ async def test_an_audio_backlog_of_more_than_3_chunks_is_answered_in_passthrough
     ]
     assert all(len(m.payload) == 2 * CHUNK for m in replies)
     assert stages.calls["convert"] == 4
-    assert stats["late_passthrough_blocks"] == 3 and stats["samples_in"] == stats["samples_out"] == 7 * CHUNK
+    assert stats["late_blocks"] == 3 and stats["samples_in"] == stats["samples_out"] == 7 * CHUNK
 
 
 async def test_stats_are_sent_on_every_tick(
@@ -296,7 +297,7 @@ async def test_controller_push_failures_do_not_stop_the_session(
 async def test_an_expired_token_closes_with_4001(detector: RetinaFaceDetector, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transport, "STATS_INTERVAL_S", 0.01)
     stages = HeldStages(detector)
-    session = Session(MirageSettings(), stages, BACKENDS, session_id="t1")
+    session = Session(MirageSettings(), stages, INFO, session_id="t1")
     socket = FakeSocket()
     await asyncio.wait_for(Connection(socket, session, expires_at=1000.0, wall_clock=lambda: 1000.0).run(), WAIT_S)
     assert socket.closes == [(CloseCode.TOKEN_EXPIRED, "token expired")]

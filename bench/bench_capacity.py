@@ -1,0 +1,360 @@
+"""Capacity: N concurrent sessions through the running app on loopback, and the same work in one process.
+
+Each session is what a user sends: a 512x512 moving face (scikit-image's astronaut) at 20 fps, real-time speech
+(espeak-ng) in 200 ms chunks, and a reference photo (insightface's Tom Hanks) set first. Per N it prints fps out
+per session, video round-trip p95, audio block p95 (send of the chunk that completes a block -> that block back),
+flagged (fail-closed) replies, sessions refused (1013), and CPU-seconds per session-second of the server's
+processes (with the per-process split, from /proc), then the ratio against the same sessions run in one process
+(Session + LocalStages, no Ray, no sockets) in the same run. The client runs on the same machine.
+
+    .venv/bin/python -m bench.bench_capacity [--sessions 1 2 3 4 6 8] [--seconds 15] [--set key=value ...]
+
+Nothing is asserted: the figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from actors.launch import _process_tree, launched
+from bench.common import BENCH_JWT_SECRET, CPU_CONFIG, MAX_MESSAGE_BYTES, ServeApp, machine_lines, pct
+from mirage_ray import protocol
+from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
+from mirage_ray.codec import encode_jpeg, float_to_pcm16
+from mirage_ray.config import MirageSettings
+from mirage_ray.models import ModelRegistry
+from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind, Media
+from mirage_ray.session import Session
+from mirage_ray.stages import LocalStages, StageInfo, Workers
+from tests.media import insightface_image, moving_face_frames
+from tests.speech import speech
+
+FPS = 20.0
+AUDIO_CHUNK_MS = 200
+SAMPLES_PER_CHUNK = 16 * AUDIO_CHUNK_MS
+WARM_UP_S = 4.0  # excluded from the figures: reference, first detections, first voice calls
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LoadMedia:
+    frames: list[bytes]
+    voice: Any  # float32 speech
+    reference: bytes
+
+
+def load_media() -> LoadMedia:
+    reference = encode_jpeg(insightface_image("Tom_Hanks_54745.png"), 95)
+    return LoadMedia(moving_face_frames(40, step_px=3), speech(), reference)
+
+
+@dataclass
+class SessionFigures:
+    """What one session saw during the measured window."""
+
+    video_rtt_ms: list[float] = field(default_factory=list)
+    audio_block_ms: list[float] = field(default_factory=list)
+    frames_out: int = 0
+    audio_blocks: int = 0
+    flagged_video: int = 0
+    flagged_audio: int = 0
+    refused: str | None = None
+    levels: list[int] = field(default_factory=list)
+
+
+class WireSession:
+    """One protocol-v1 client: reference, then video and audio on the wall clock, replies timed by seq."""
+
+    def __init__(self, app: ServeApp, media: LoadMedia, measure_from: float, measure_to: float, index: int) -> None:
+        self._app, self._media = app, media
+        self._from, self._to = measure_from, measure_to
+        self._index = index
+        self.figures = SessionFigures()
+        self._video_sent: dict[int, float] = {}
+        self._audio_sent: dict[int, float] = {}
+        self._socket: websockets.ClientConnection | None = None
+
+    async def run(self, stop_at: float) -> None:
+        try:
+            self._socket = await websockets.connect(
+                self._app.ws_url, subprotocols=["mirage.v1", f"bearer.{self._app.token()}"], max_size=MAX_MESSAGE_BYTES
+            )
+        except websockets.InvalidStatus as exc:
+            self.figures.refused = f"HTTP {exc.response.status_code}"
+            return
+        reader = asyncio.create_task(self._read())
+        try:
+            await self._socket.send(protocol.pack(Kind.REFERENCE, 0, 0, self._media.reference))
+            await asyncio.gather(self._send_video(stop_at), self._send_audio(stop_at))
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            self.figures.refused = self.figures.refused or f"closed {code} {exc.rcvd.reason if exc.rcvd else ''}"
+        finally:
+            with contextlib.suppress(Exception):
+                await self._socket.close()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def _send_video(self, stop_at: float) -> None:
+        seq, start = 0, time.perf_counter() + 0.01 * self._index
+        while (due := start + seq / FPS) < stop_at:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            now = time.perf_counter()
+            self._video_sent[seq] = now
+            frame = self._media.frames[seq % len(self._media.frames)]
+            await self._socket.send(protocol.pack(Kind.VIDEO, seq, int(now * 1e6), frame))
+            seq += 1
+
+    async def _send_audio(self, stop_at: float) -> None:
+        voice, seq = self._media.voice, 0
+        start = time.perf_counter() + 0.013 * self._index
+        while (due := start + (seq + 1) * AUDIO_CHUNK_MS / 1000.0) < stop_at:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            offset = (seq * SAMPLES_PER_CHUNK) % (len(voice) - SAMPLES_PER_CHUNK)
+            now = time.perf_counter()
+            self._audio_sent[seq] = now
+            capture_us = int((now - AUDIO_CHUNK_MS / 1000.0) * 1e6)  # the chunk's first sample
+            payload = float_to_pcm16(voice[offset : offset + SAMPLES_PER_CHUNK])
+            await self._socket.send(protocol.pack(Kind.AUDIO, seq, capture_us, payload))
+            seq += 1
+
+    async def _read(self) -> None:
+        figures = self.figures
+        async for raw in self._socket:
+            now = time.perf_counter()
+            if not isinstance(raw, bytes):
+                if '"stats"' in raw and self._from <= now <= self._to:
+                    figures.levels.append(json.loads(raw).get("degrade_level", 0))
+                continue
+            media = protocol.parse_media(raw)
+            if not self._from <= now <= self._to:
+                continue
+            flagged = bool(media.flags & FLAG_PASSTHROUGH)
+            if media.kind == Kind.VIDEO and media.seq in self._video_sent:
+                figures.video_rtt_ms.append((now - self._video_sent[media.seq]) * 1000.0)
+                figures.frames_out += 1
+                figures.flagged_video += flagged
+            elif media.kind == Kind.AUDIO and media.seq in self._audio_sent:
+                figures.audio_block_ms.append((now - self._audio_sent[media.seq]) * 1000.0)
+                figures.audio_blocks += 1
+                figures.flagged_audio += flagged
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, tuple[str, float]]:
+    """pid -> (short process name, user+system CPU seconds so far)."""
+    out: dict[int, tuple[str, float]] = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[pid] = (process_name(cmdline, stat), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return out
+
+
+def process_name(cmdline: str, stat: str) -> str:
+    for marker in ("Ingress", "Detector", "Swapper", "Enhancer", "Voice", "ProxyActor", "ServeController"):
+        if marker in cmdline:
+            return marker
+    if "ControllerActor" in cmdline:
+        return "Controller"
+    return stat.split("(", 1)[1].split(")", 1)[0]  # raylet, gcs_server, python (agents), ...
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    split: dict[str, float] = defaultdict(float)
+    for pid, (name, seconds) in after.items():
+        split[name] += seconds - before.get(pid, (name, 0.0))[1]
+    return dict(split)
+
+
+async def run_wire(app: ServeApp, temp_dir: str, media: LoadMedia, sessions: int, seconds: float) -> dict[str, Any]:
+    start = time.perf_counter()
+    measure_from, measure_to = start + WARM_UP_S, start + WARM_UP_S + seconds
+    clients = [WireSession(app, media, measure_from, measure_to, i) for i in range(sessions)]
+    tasks = [asyncio.create_task(c.run(measure_to + 0.5)) for c in clients]
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    pids = _process_tree(temp_dir)
+    cpu_before, client_before = cpu_seconds(pids), resource.getrusage(resource.RUSAGE_SELF)
+    await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
+    cpu_after, client_after = cpu_seconds(_process_tree(temp_dir)), resource.getrusage(resource.RUSAGE_SELF)
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(2.0)  # sessions end and release their slots before the next N
+    served = [c.figures for c in clients if c.figures.refused is None]
+    split = cpu_split(cpu_before, cpu_after)
+    client_cpu = (client_after.ru_utime + client_after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
+    return {
+        "served": served,
+        "refused": [c.figures.refused for c in clients if c.figures.refused is not None],
+        "split": split,
+        "server_cpu": sum(split.values()),
+        "client_cpu": client_cpu,
+        "seconds": seconds,
+    }
+
+
+async def run_in_process(settings: MirageSettings, media: LoadMedia, sessions: int, seconds: float) -> dict[str, Any]:
+    """The same sessions (reference, 20 fps video, real-time audio) on Session + LocalStages in this process."""
+    registry = ModelRegistry(settings)
+    workers = Workers.from_settings(settings)
+    converter, fallback, voice_choice = build_converters(settings, registry)
+    detector, det_choice = build_detector(settings, registry)
+    swapper, swap_choice = build_swapper(settings, registry)
+    enhancer, enh_choice = build_enhancer(settings, registry)
+    stages = LocalStages(settings, detector, swapper, enhancer, converter, fallback, workers)
+    report = {"detector": det_choice.as_dict(), "swapper": swap_choice.as_dict(), "enhancer": enh_choice.as_dict()}
+    info = StageInfo.from_report({**report, "voice": voice_choice.as_dict()}, "pitch-shift")
+    figures = [SessionFigures() for _ in range(sessions)]
+    start = time.perf_counter()
+    measure_from, measure_to = start + WARM_UP_S, start + WARM_UP_S + seconds
+
+    async def one(index: int) -> None:
+        session = Session(settings, stages, info, workers, f"local{index}")
+        await session.on_reference(Media(Kind.REFERENCE, 0, 0, media.reference))
+
+        async def video() -> None:
+            seq = 0
+            while (due := start + seq / FPS) < measure_to:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                sent = time.perf_counter()
+                replies = await session.on_video(Media(Kind.VIDEO, seq, int(sent * 1e6), media.frames[seq % 40]))
+                if measure_from <= sent and any(isinstance(r, Media) for r in replies):
+                    figures[index].video_rtt_ms.append((time.perf_counter() - sent) * 1000.0)
+                    figures[index].frames_out += 1
+                seq += 1
+
+        async def audio() -> None:
+            seq = 0
+            while (due := start + (seq + 1) * AUDIO_CHUNK_MS / 1000.0) < measure_to:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                offset = (seq * SAMPLES_PER_CHUNK) % (len(media.voice) - SAMPLES_PER_CHUNK)
+                sent = time.perf_counter()
+                chunk = float_to_pcm16(media.voice[offset : offset + SAMPLES_PER_CHUNK])
+                replies = await session.on_audio(Media(Kind.AUDIO, seq, int(sent * 1e6), chunk))
+                if measure_from <= sent:
+                    for reply in replies:
+                        if isinstance(reply, Media):
+                            figures[index].audio_block_ms.append((time.perf_counter() - sent) * 1000.0)
+                            figures[index].audio_blocks += 1
+                seq += 1
+
+        await asyncio.gather(video(), audio())
+
+    tasks = [asyncio.create_task(one(i)) for i in range(sessions)]
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    cpu_before = time.process_time()
+    await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
+    cpu = time.process_time() - cpu_before
+    await asyncio.gather(*tasks)
+    workers.shutdown()
+    return {"served": figures, "refused": [], "split": {"in-process": cpu}, "server_cpu": cpu, "seconds": seconds}
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    served: list[SessionFigures] = result["served"]
+    seconds = result["seconds"]
+    fps = [f.frames_out / seconds for f in served]
+    video = [v for f in served for v in f.video_rtt_ms]
+    audio = [a for f in served for a in f.audio_block_ms]
+    blocks = sum(f.audio_blocks for f in served) or 1
+    frames = sum(f.frames_out for f in served) or 1
+    session_seconds = max(1, len(served)) * seconds
+    return {
+        "fps": (min(fps, default=float("nan")), max(fps, default=float("nan"))),
+        "video_p95": pct(video, 95),
+        "audio_p95": pct(audio, 95),
+        "flagged_video": 100.0 * sum(f.flagged_video for f in served) / frames,
+        "flagged_audio": 100.0 * sum(f.flagged_audio for f in served) / blocks,
+        "max_level": max((max(f.levels, default=0) for f in served), default=0),
+        "refused": len(result["refused"]),
+        "cpu_per_session_s": result["server_cpu"] / session_seconds,
+        "client_cpu_per_session_s": result.get("client_cpu", 0.0) / session_seconds,
+    }
+
+
+def print_row(label: str, n: int, s: dict[str, Any], ratio: float | None) -> None:
+    ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+    print(
+        f"| {label} | {n} | {s['fps'][0]:.1f}-{s['fps'][1]:.1f} | {s['video_p95']:.0f} | {s['audio_p95']:.0f} | "
+        f"{s['flagged_video']:.1f} / {s['flagged_audio']:.1f} | {s['max_level']} | {s['refused']} | "
+        f"{s['cpu_per_session_s']:.3f} | {s['client_cpu_per_session_s']:.3f} | {ratio_text} |",
+        flush=True,
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    media = load_media()
+    sets = list(args.set)
+    settings = MirageSettings(**{k: v for k, v in _parse_sets(sets).items() if k in MirageSettings.model_fields})
+    settings = settings.model_copy(update=_cpu_profile_args())
+    print("\n".join(machine_lines()))
+    load = f"{FPS:.0f} fps 512x512 moving face + real-time speech ({AUDIO_CHUNK_MS} ms chunks) + reference"
+    window = f"{args.seconds:.0f} s measured after {WARM_UP_S:.0f} s warm-up"
+    print(f"load per session: {load}; {window}; the client on this machine")
+    print(
+        "| path | N | fps out per session (min-max) | video p95 ms | audio block p95 ms | flagged % video / audio "
+        "| worst level | refused | server CPU-s per session-s | client CPU-s per session-s | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    baseline: dict[int, float] = {}
+    for n in args.in_process:
+        s = summarise(await run_in_process(settings, media, n, args.seconds))
+        baseline[n] = s["cpu_per_session_s"]
+        print_row("one process", n, s, None)
+    env = {"MIRAGE_JWT_SECRET": BENCH_JWT_SECRET}
+    with launched(CPU_CONFIG, sets=sets, num_cpus=2, env=env, timeout_s=300) as ready:
+        app = ServeApp(ready["url"], ready["url"].replace("http://", "ws://") + "ws", ready["ray_address"], 0.0)
+        splits = {}
+        for n in args.sessions:
+            result = await run_wire(app, ready["temp_dir"], media, n, args.seconds)
+            s = summarise(result)
+            reference = baseline.get(n) or baseline.get(min(baseline, key=lambda b: abs(b - n))) if baseline else None
+            print_row("Serve", n, s, s["cpu_per_session_s"] / reference if reference else None)
+            splits[n] = result["split"]
+        print("\nserver CPU by process (cores, i.e. CPU-s per wall-s):")
+        for n, split in splits.items():
+            parts = sorted(split.items(), key=lambda kv: -kv[1])
+            print(f"N={n}: " + ", ".join(f"{name} {sec / args.seconds:.2f}" for name, sec in parts if sec > 0.005))
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    return {k.strip(): yaml.safe_load(v) for k, _, v in (item.partition("=") for item in items)}
+
+
+def _cpu_profile_args() -> dict[str, Any]:
+    """The CPU profile's application args (serve_config.cpu.yaml), so the in-process run does the same work."""
+    import yaml
+
+    args = yaml.safe_load(CPU_CONFIG.read_text())["applications"][0].get("args", {})
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in MirageSettings.model_fields}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8])
+    parser.add_argument("--in-process", type=int, nargs="*", default=[1, 4], help="baseline session counts")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--set", action="append", default=[], help="application arg key=value (repeatable)")
+    args = parser.parse_args()
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
