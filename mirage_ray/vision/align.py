@@ -1,9 +1,11 @@
-"""Face alignment: 5-point similarity warps onto model templates, and bbox-local paste-back.
+"""Face alignment: 5-point similarity warps onto model templates, bbox-local paste-back, and crop-space masks.
 
 Templates are in pixel coordinates of the crop size they name.
 """
 
 from __future__ import annotations
+
+import functools
 
 import cv2
 import numpy as np
@@ -30,6 +32,22 @@ FFHQ_TEMPLATE_512 = np.array(
     dtype=np.float32,
 )
 
+# Face outline in the FFHQ 512 crop (CodeFormer's input): the jaw is the mean of dlib's 68-point jaw landmarks (0..8,
+# mirrored onto 8..16) of the 8 faces in insightface's t1.jpg and Tom_Hanks_54745.png and scikit-image's astronaut,
+# aligned onto FFHQ_TEMPLATE_512 by their detector keypoints; the forehead is a superelliptic arc from the temples
+# (jaw point 0, level with the eyes) up to the hairline, 103 px above them. The outline is then grown by 10 % about
+# FACE_CENTRE_512 so that the brows and jaw of faces wider than the mean (or turned a little) stay inside.
+FFHQ_JAW_LEFT_512 = np.array(
+    [[118, 243], [118, 280], [121, 317], [130, 353], [145, 387], [167, 418], [193, 446], [222, 469], [256, 476]],
+    dtype=np.float32,
+)
+FFHQ_FOREHEAD_RISE_PX = 103.0
+FOREHEAD_SQUARENESS = 3.0  # superellipse exponent of the forehead arc (2 = an ellipse): fuller above the brows' ends
+FACE_CENTRE_512 = np.array([256.0, 300.0], np.float32)
+FACE_OUTLINE_GROWTH = 1.1
+FACE_MASK_BLUR_FRACTION = 0.02  # Gaussian sigma of the face mask's soft edge, as a fraction of the crop size
+FOREHEAD_ARC_POINTS = 13
+
 FEATHER_FRACTION = 0.08  # feather width as a fraction of the crop size
 MASK_MARGIN_FRACTION = 0.06  # erosion of the crop mask before feathering
 
@@ -52,11 +70,69 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
 
 
-def warp_face(image: np.ndarray, kps: np.ndarray, template: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned ``size``x``size`` crop of the face whose 5 keypoints are ``kps``, and the 2x3 image->crop matrix."""
+def warp_face(
+    image: np.ndarray, kps: np.ndarray, template: np.ndarray, size: int, border: int = cv2.BORDER_REPLICATE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned ``size``x``size`` crop of the face whose 5 keypoints are ``kps``, and the 2x3 image->crop matrix.
+
+    ``border`` is the OpenCV border mode for crop pixels outside the image; ``cv2.BORDER_CONSTANT`` fills them with
+    zeros, as insightface's ``norm_crop`` does.
+    """
     matrix = similarity_matrix(kps, template)
-    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
     return crop, matrix
+
+
+def crop_footprint(matrix: np.ndarray, size: int) -> np.ndarray:
+    """Float32 [x1, y1, x2, y2]: image-space bounding box of the ``size`` crop that ``matrix`` (image -> crop) makes."""
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inverse.T
+    return np.array([*corners.min(axis=0), *corners.max(axis=0)], np.float32)
+
+
+def ffhq_face_outline(size: int) -> np.ndarray:
+    """Float32 (N, 2) closed face outline (jaw, then forehead arc) in a ``size`` crop aligned on the FFHQ template."""
+    centre_x = 256.0
+    right = FFHQ_JAW_LEFT_512[-2::-1] * np.array([-1.0, 1.0], np.float32) + np.array([2 * centre_x, 0], np.float32)
+    temple = FFHQ_JAW_LEFT_512[0]
+    half_width, temple_y = centre_x - float(temple[0]), float(temple[1])
+    angles = np.linspace(0.0, np.pi, FOREHEAD_ARC_POINTS)[1:-1]
+    cos, sin = np.cos(angles), np.sin(angles)
+    power = 2.0 / FOREHEAD_SQUARENESS
+    forehead = np.stack(
+        [
+            centre_x + half_width * np.sign(cos) * np.abs(cos) ** power,
+            temple_y - FFHQ_FOREHEAD_RISE_PX * np.abs(sin) ** power,
+        ],
+        axis=1,
+    )
+    outline = np.concatenate([FFHQ_JAW_LEFT_512, right, forehead.astype(np.float32)])
+    grown = (outline - FACE_CENTRE_512) * FACE_OUTLINE_GROWTH + FACE_CENTRE_512
+    return (grown * (size / 512.0)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def face_mask(size: int) -> np.ndarray:
+    """Read-only float32 (size, size) soft face mask in [0, 1] for a crop aligned on ``FFHQ_TEMPLATE_512``.
+
+    1 over the face (brows, eyes, nose, mouth, cheeks, chin, forehead), 0 on hair, neck and background, with a Gaussian
+    edge (sigma ``FACE_MASK_BLUR_FRACTION`` of the size) whose half-level follows :func:`ffhq_face_outline`; exactly 0
+    on the crop's border. Use it to paste a restored FFHQ crop back without a square edge.
+    """
+    if size < 16:
+        raise ValueError(f"face mask size must be at least 16 px, got {size}")
+    shift = 4
+    mask = np.zeros((size, size), np.uint8)
+    points = np.round(ffhq_face_outline(size) * (1 << shift)).astype(np.int32)
+    cv2.fillPoly(mask, [points], 255, cv2.LINE_AA, shift)
+    sigma = FACE_MASK_BLUR_FRACTION * size
+    blur = 2 * int(np.ceil(3.0 * sigma)) + 1
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (blur, blur), sigma, borderType=cv2.BORDER_CONSTANT)
+    soft[[0, -1], :] = 0.0
+    soft[:, [0, -1]] = 0.0
+    soft = np.clip(soft, 0.0, 1.0)
+    soft.setflags(write=False)
+    return soft
 
 
 def crop_mask(size: int, feather: float = FEATHER_FRACTION, margin: float = MASK_MARGIN_FRACTION) -> np.ndarray:

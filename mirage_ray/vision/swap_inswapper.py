@@ -1,9 +1,14 @@
 """InSwapper 128 (production swapper): ArcFace identity embedding + the inswapper ONNX model, bbox-local paste-back.
 
 Both models load through ``insightface.model_zoo.get_model`` (or from ready onnxruntime sessions), so insightface's
-own ``INSwapper`` / ``ArcFaceONNX`` classes hold the sessions, I/O names and ``emap``. Pre- and post-processing are
-ours: one 128x128 similarity crop per face, and a paste-back that touches only the face's bounding box (insightface's
-own paste-back warps the whole frame three times per face).
+own ``INSwapper`` / ``ArcFaceONNX`` classes hold the sessions, I/O names and ``emap``. Pre- and post-processing follow
+insightface's ``INSwapper.get``: the 128x128 crop is ``norm_crop`` (similarity warp, zeros outside the image), and the
+whole swapped crop goes back under the reference's mask (the crop's footprint, eroded by ``mask_size // 20`` and
+blurred over as much), computed on a window around the crop's footprint instead of the whole frame.
+
+The swapper is bbox-local: it gets a region around the faces in that region's coordinates. The crop needs real image
+context over its whole footprint, i.e. face boxes grown by ``CONTEXT_MARGIN`` of their size on each side; a footprint
+that leaves the region sees zeros there, as the reference does at the frame's edge.
 
 Every output is checked (NaN/inf, out of range, black or near-constant). The fp16 file is known to produce such
 outputs on some onnxruntime versions and providers: then, when an fp32 file is given, the swapper switches to it for
@@ -28,8 +33,7 @@ from insightface.model_zoo.inswapper import INSwapper as InsightINSwapper
 from mirage_ray.vision.align import (
     ARCFACE_TEMPLATE_112,
     INSWAPPER_TEMPLATE_128,
-    crop_mask,
-    paste_back,
+    crop_footprint,
     warp_face,
 )
 from mirage_ray.vision.base import ReferenceRejected
@@ -44,10 +48,16 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 ARCFACE_CROP_PX = 112
 SWAP_CROP_PX = 128
 MIN_REFERENCE_FACE_PX = 64  # smaller reference faces give unreliable embeddings
-# Paste-back mask in the 128 crop: eroded by 10% and feathered over 10% (insightface erodes by size // 10 too).
-PASTE_MARGIN_FRACTION = 0.10
-PASTE_FEATHER_FRACTION = 0.10
-BOX_INSET_PX = 2  # the face box mask stays this far (crop px) inside the box after feathering: nothing leaks out
+# Paste-back mask of insightface's INSwapper.get, in image pixels, where mask_size is the geometric mean of the sides
+# of the crop footprint's bounding box: erode with a k x k kernel, k = max(mask_size // 10, 10), then Gaussian-blur
+# with a (2b + 1)-wide kernel, b = max(mask_size // 20, 5).
+WHITE_THRESHOLD = 20.0  # warped white above this counts as inside the crop
+ERODE_KERNEL_DIVISOR, MIN_ERODE_KERNEL_PX = 10, 10
+BLUR_HALF_DIVISOR, MIN_BLUR_HALF_PX = 20, 5
+# Face-box growth per side (fraction of the box's larger side) whose region holds the whole 128 crop: measured with
+# RetinaFace boxes on the faces of t1.jpg, Tom_Hanks_54745.png and astronaut(), rolled by up to +-45 degrees
+# (worst 0.50 upright, 0.62 rolled); the mask's own support needs 0.44 upright, 0.53 rolled.
+CONTEXT_MARGIN = 0.65
 # Output sanity (the model's output is RGB in [0, 1]).
 SANE_RANGE = (-0.25, 1.25)
 MAX_OUT_OF_RANGE_FRACTION = 0.01
@@ -86,16 +96,71 @@ def latent_for(embedding: np.ndarray, emap: np.ndarray) -> np.ndarray:
     return latent / norm
 
 
-def box_mask(bbox: np.ndarray, matrix: np.ndarray, size: int, blur: int) -> np.ndarray:
-    """Float32 (size, size) mask in crop coordinates: 1 inside the face box, 0 within ``BOX_INSET_PX`` of its edge."""
-    x1, y1, x2, y2 = (float(v) for v in bbox)
-    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x2, y2, 1], [x1, y2, 1]], np.float32) @ matrix.T
-    mask = np.zeros((size, size), np.uint8)
-    shift = 4
-    cv2.fillConvexPoly(mask, np.round(corners * (1 << shift)).astype(np.int32), 255, cv2.LINE_8, shift)
-    inset = BOX_INSET_PX + blur // 2
-    mask = cv2.erode(mask, np.ones((2 * inset + 1, 2 * inset + 1), np.uint8))
-    return cv2.GaussianBlur(mask, (blur, blur), 0).astype(np.float32) / 255.0
+def paste_swapped(image: np.ndarray, swapped: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """insightface ``INSwapper.get``'s paste-back of a swapped crop into a copy of ``image``, done only where it lands.
+
+    As the reference: the whole crop is warped back (zeros outside it), under a mask made by warping a white crop into
+    the frame (values > 20 set to 255), eroding it with a k x k kernel (the frame's edge does not erode) and blurring
+    it with a (2b + 1)-wide Gaussian, k and b from ``mask_size`` (see the constants). The reference does this over
+    the whole frame; here it runs on a window around the crop's footprint that holds everything the result depends on.
+    ``matrix`` maps image -> crop.
+    """
+    height, width = image.shape[:2]
+    size = swapped.shape[0]
+    x1, y1, x2, y2 = (float(v) for v in crop_footprint(matrix, size))
+    upper_size = int(np.sqrt(max(x2 - x1, 1.0) * max(y2 - y1, 1.0))) + 1  # >= the mask_size measured below
+    pad = _erode_kernel(upper_size) + _blur_half(upper_size) + 2
+    wx1, wy1 = int(np.floor(x1)) - pad, int(np.floor(y1)) - pad
+    wx2, wy2 = int(np.ceil(x2)) + pad + 1, int(np.ceil(y2)) + pad + 1
+    local = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    local[:, 2] -= (wx1, wy1)
+    window = (wx2 - wx1, wy2 - wy1)
+    white = cv2.warpAffine(np.full((size, size), 255.0, np.float32), local, window, borderValue=0.0)
+    white[white > WHITE_THRESHOLD] = 255.0
+    fx1, fy1 = max(0, -wx1), max(0, -wy1)  # the window's part inside the frame
+    fx2, fy2 = min(window[0], width - wx1), min(window[1], height - wy1)
+    out = image.copy()
+    if fx2 <= fx1 or fy2 <= fy1:
+        return out
+    inner = white[fy1:fy2, fx1:fx2]
+    rows = np.flatnonzero((inner == 255.0).any(axis=1))
+    cols = np.flatnonzero((inner == 255.0).any(axis=0))
+    if len(rows) == 0:
+        return out
+    mask_size = int(np.sqrt(float(rows[-1] - rows[0]) * float(cols[-1] - cols[0])))
+    # OpenCV's erosion treats the outside of the frame as white
+    white[:fy1], white[fy2:], white[:, :fx1], white[:, fx2:] = 255.0, 255.0, 255.0, 255.0
+    kernel = _erode_kernel(mask_size)
+    eroded = cv2.erode(white, np.ones((kernel, kernel), np.uint8))[fy1:fy2, fx1:fx2]
+    blur = 2 * _blur_half(mask_size) + 1
+    weight = cv2.GaussianBlur(eroded, (blur, blur), 0) * np.float32(1.0 / 255.0)
+    rows = np.flatnonzero(weight.any(axis=1))  # blend only where the weight is not 0
+    cols = np.flatnonzero(weight.any(axis=0))
+    if len(rows) == 0:
+        return out
+    weight = weight[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    bx1, by1 = wx1 + fx1 + int(cols[0]), wy1 + fy1 + int(rows[0])  # the blended box in the frame
+    bx2, by2 = bx1 + weight.shape[1], by1 + weight.shape[0]
+    local[:, 2] -= (bx1 - wx1, by1 - wy1)
+    fake = cv2.warpAffine(swapped, local, (bx2 - bx1, by2 - by1), borderValue=0.0).astype(np.float32)
+    target = out[by1:by2, bx1:bx2]
+    merged = target.astype(np.float32)
+    merged += weight[..., None] * (fake - merged)  # weight * fake + (1 - weight) * target
+    target[...] = merged.astype(np.uint8)  # truncated, as the reference does
+    return out
+
+
+def _erode_kernel(mask_size: int) -> int:
+    return max(mask_size // ERODE_KERNEL_DIVISOR, MIN_ERODE_KERNEL_PX)
+
+
+def _blur_half(mask_size: int) -> int:
+    return max(mask_size // BLUR_HALF_DIVISOR, MIN_BLUR_HALF_PX)
+
+
+def align_for_swap(image: np.ndarray, kps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 128x128 BGR crop InSwapper sees (insightface's ``norm_crop``: zeros outside the image) and its matrix."""
+    return warp_face(image, kps, INSWAPPER_TEMPLATE_128, SWAP_CROP_PX, border=cv2.BORDER_CONSTANT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +205,6 @@ class InSwapper:
         self._model = self._load_swapper(Path(inswapper_path), inswapper_session)
         self._fallback: _Model | None = None
         self._lock = threading.Lock()
-        self._paste_mask = crop_mask(SWAP_CROP_PX, PASTE_FEATHER_FRACTION, PASTE_MARGIN_FRACTION)
-        self._mask_blur = max(3, int(round(SWAP_CROP_PX * PASTE_FEATHER_FRACTION / 2))) | 1
         self.degraded_reason: str | None = None  # set once the fp32 fallback replaced the fp16 model
         self.sanity_failures = 0  # outputs that failed the sanity check
         self.unswapped_faces = 0  # faces returned unswapped because no sane output could be had
@@ -186,7 +249,7 @@ class InSwapper:
                 f"The face in the reference photo is too small ({face.size:.0f} px); "
                 f"use a photo where the face is at least {MIN_REFERENCE_FACE_PX} px across."
             )
-        crop, _ = warp_face(image, face.kps, ARCFACE_TEMPLATE_112, ARCFACE_CROP_PX)
+        crop, _ = warp_face(image, face.kps, ARCFACE_TEMPLATE_112, ARCFACE_CROP_PX, border=cv2.BORDER_CONSTANT)
         embedding = np.asarray(self._arcface.get_feat(crop), np.float32).reshape(-1)
         norm = float(np.linalg.norm(embedding))
         if not np.isfinite(norm) or norm <= 0.0:
@@ -200,18 +263,21 @@ class InSwapper:
 
     # ---- swap -----------------------------------------------------------------------------------------------------
     def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
-        """A new image with each face replaced by ``identity``; only pixels inside each face's box can change."""
+        """A new image with each face replaced by ``identity``; only pixels under each face's 128 crop can change.
+
+        Each crop is taken from ``image`` (not from the previous face's result) and pasted whole by
+        :func:`paste_swapped`. ``image`` may be a region of a frame, with faces in its coordinates (``CONTEXT_MARGIN``).
+        """
         _check_image(image)
         if identity.embedding is None:
             raise ValueError(f"identity from backend {identity.backend!r} has no embedding; build it with identity()")
         out = image.copy()
         for face in faces:
-            crop, matrix = warp_face(image, face.kps, INSWAPPER_TEMPLATE_128, SWAP_CROP_PX)
+            crop, matrix = align_for_swap(image, face.kps)
             swapped = self._swap_crop(crop, identity.embedding)
             if swapped is None:
                 continue
-            mask = self._paste_mask * box_mask(face.bbox, matrix, SWAP_CROP_PX, self._mask_blur)
-            out = paste_back(out, swapped, matrix, mask)
+            out = paste_swapped(out, swapped, matrix)
         return out
 
     def _swap_crop(self, crop: np.ndarray, embedding: np.ndarray) -> np.ndarray | None:

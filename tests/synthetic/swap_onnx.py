@@ -10,6 +10,9 @@ them to ``ArcFaceONNX`` and ``INSwapper`` by signature) and compute something ch
   the latent. ``emap`` (512x512) is the LAST initializer, as in the real file (insightface reads it from there).
   ``mode`` "nan" / "black" make a degenerate model (all NaN / all zeros) for the output sanity checks, and
   ``precision="fp16"`` stores the weights and computes in float16 (float32 I/O unless ``fp16_io``).
+- ``geometry_swapper_model``: the same signature for geometry checks. ``"identity"`` returns ``target`` unchanged
+  (a swap with it must leave the frame as it was); ``"pattern"`` returns :func:`crop_pattern` whatever the input, so
+  where each crop pixel lands in the frame shows the paste-back's warp.
 """
 
 from __future__ import annotations
@@ -132,3 +135,46 @@ def inswapper_model(
     ]
     outputs = [helper.make_tensor_value_info("output", io_elem, [1, 3, SWAP_SIZE, SWAP_SIZE])]
     return _model(nodes, "inswapper-synthetic", inputs, outputs, initializers)
+
+
+GEOMETRY_MODES = ("identity", "pattern")
+
+
+def crop_pattern(size: int = SWAP_SIZE) -> np.ndarray:
+    """RGB (1, 3, size, size) float32 in [0.1, 0.9]: smooth ramps across x and y plus a product term, all different
+    per channel, so any flip, transpose, shift or channel swap of the crop changes what lands in the frame."""
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    x, y = np.meshgrid(ramp, ramp)
+    channels = [0.1 + 0.8 * x, 0.1 + 0.8 * y, 0.1 + 0.8 * (0.5 * x + 0.5 * (1.0 - y) * x + 0.25 * (1.0 - x))]
+    return np.clip(np.stack(channels)[None], 0.1, 0.9).astype(np.float32)
+
+
+def geometry_swapper_model(mode: str = "identity", emap: np.ndarray | None = None) -> onnx.ModelProto:
+    """InSwapper-signature model (``target`` first, ``source``, ``emap`` last) that ignores the identity; see above."""
+    if mode not in GEOMETRY_MODES:
+        raise ValueError(f"mode must be one of {GEOMETRY_MODES}, not {mode!r}")
+    emap = random_emap() if emap is None else np.asarray(emap, np.float32)
+    initializers = [numpy_helper.from_array(np.zeros((3, EMBEDDING_DIM, 1, 1), np.float32), "source_weight")]
+    # the source takes part with weight 0, so both inputs are used as in the real graph
+    nodes = [
+        helper.make_node("Reshape", ["source", "source_shape"], ["source_4d"]),
+        helper.make_node("Conv", ["source_4d", "source_weight"], ["source_term"]),
+    ]
+    initializers.append(numpy_helper.from_array(np.array([1, EMBEDDING_DIM, 1, 1], np.int64), "source_shape"))
+    if mode == "identity":
+        nodes.append(helper.make_node("Add", ["target", "source_term"], ["output"]))
+    else:
+        initializers.append(numpy_helper.from_array(crop_pattern(), "pattern"))
+        nodes += [
+            helper.make_node("Mul", ["target", "zero"], ["target_term"]),
+            helper.make_node("Add", ["target_term", "pattern"], ["pattern_out"]),
+            helper.make_node("Add", ["pattern_out", "source_term"], ["output"]),
+        ]
+        initializers.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    initializers.append(numpy_helper.from_array(emap, "emap"))  # last, as insightface expects
+    inputs = [
+        helper.make_tensor_value_info("target", TensorProto.FLOAT, [1, 3, SWAP_SIZE, SWAP_SIZE]),
+        helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, EMBEDDING_DIM]),
+    ]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, SWAP_SIZE, SWAP_SIZE])]
+    return _model(nodes, f"inswapper-{mode}-synthetic", inputs, outputs, initializers)

@@ -21,6 +21,7 @@ from insightface.model_zoo.inswapper import INSwapper as InsightINSwapper
 from insightface.utils import face_align
 from skimage import data
 
+from mirage_ray.vision.align import crop_footprint
 from mirage_ray.vision.base import ReferenceRejected, Swapper
 from mirage_ray.vision.faces import Face
 from mirage_ray.vision.landmarks_dlib import DlibLandmarks, kps_from_landmarks
@@ -29,6 +30,7 @@ from mirage_ray.vision.swap_inswapper import (
     INSWAPPER_NAME,
     InSwapper,
     SwapModelError,
+    align_for_swap,
     latent_for,
     output_problem,
 )
@@ -70,10 +72,11 @@ def swapper(models) -> InSwapper:
     return InSwapper(models["fp32"], models["arcface"], providers=CPU)
 
 
-def _outside(bbox: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    x1, y1, x2, y2 = bbox
+def _outside_crop(face: Face, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels the face's 128 crop cannot reach (its footprint's bounding box, one pixel of bilinear reach added)."""
+    x1, y1, x2, y2 = crop_footprint(align_for_swap(np.zeros((8, 8, 3), np.uint8), face.kps)[1], 128)
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
-    return (xs < x1) | (xs > x2) | (ys < y1) | (ys > y2)
+    return (xs < x1 - 1) | (xs > x2 + 1) | (ys < y1 - 1) | (ys > y2 + 1)
 
 
 def test_synthetic_models_route_to_insightfaces_classes(models) -> None:
@@ -98,14 +101,16 @@ def test_identity_is_the_normed_arcface_embedding_of_insightfaces_aligned_crop(s
     assert float(other @ identity.embedding) < 0.99
 
 
-def test_swap_changes_the_face_and_nothing_outside_its_box(swapper, scene) -> None:
+def test_swap_changes_the_face_and_nothing_outside_its_crop(swapper, scene) -> None:
     astronaut, her, hanks, his = scene
     identity = swapper.identity(hanks, his)
     before = astronaut.copy()
     swapped = swapper.swap(astronaut, [her], identity)
     assert np.array_equal(astronaut, before), "the input frame was modified"
-    outside = _outside(her.bbox, astronaut.shape)
+    outside = _outside_crop(her, astronaut.shape)
     assert np.array_equal(swapped[outside], astronaut[outside])
+    x1, y1, x2, _ = np.round(her.bbox).astype(int)  # the whole crop goes back: skin outside the box changes too
+    assert not np.array_equal(swapped[y1 - 8 : y1, x1:x2], astronaut[y1 - 8 : y1, x1:x2])
     x, y = np.round(her.kps[2]).astype(int)  # the nose: full mask weight there
     patch = (slice(y - 3, y + 4), slice(x - 3, x + 4))
     colour_bgr = expected_colour(identity.embedding, random_emap(1))[::-1] * 255.0
@@ -129,13 +134,13 @@ def test_the_latent_goes_through_emap(models, swapper, scene) -> None:
     assert latent.shape == (1, 512) and np.isclose(np.linalg.norm(latent), 1.0)
 
 
-def test_two_faces_are_swapped_each_inside_its_own_box(swapper, scene) -> None:
+def test_two_faces_are_swapped_each_under_its_own_crop(swapper, scene) -> None:
     astronaut, her, hanks, his = scene
     frame = np.concatenate([astronaut, astronaut], axis=1)
     shift = np.float32(512)
     twin = Face(bbox=her.bbox + np.array([shift, 0, shift, 0]), kps=her.kps + np.array([shift, 0]), score=1.0)
     swapped = swapper.swap(frame, [her, twin], swapper.identity(hanks, his))
-    outside = _outside(her.bbox, frame.shape) & _outside(twin.bbox, frame.shape)
+    outside = _outside_crop(her, frame.shape) & _outside_crop(twin, frame.shape)
     assert np.array_equal(swapped[outside], frame[outside])
     assert np.abs(swapped[:, :512].astype(int) - swapped[:, 512:]).max() <= 2  # the same swap, shifted
 
