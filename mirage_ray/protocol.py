@@ -11,8 +11,9 @@ import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import accumulate
 from typing import Any
+
+import numpy as np
 
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "mirage.v1"
@@ -23,7 +24,7 @@ FLAG_PASSTHROUGH = 0x01
 UINT32_MOD = 1 << 32
 PCM_SAMPLE_BYTES = 2
 SAMPLES_PER_10MS = 160
-MAX_JSON_BYTES = 65_536  # control messages are tiny; a text message above this is refused before parsing
+MAX_JSON_BYTES = 16_384  # control messages are tiny; a text message above this is refused before parsing
 MAX_JSON_DEPTH = 32  # nesting of arrays/objects; far below the interpreter's recursion limit
 ECHO_CHARS = 80  # a refused value is quoted back at most this long
 
@@ -81,6 +82,8 @@ def pack(kind: int, seq: int, capture_us: int, payload: bytes, flags: int = 0) -
 
 def unpack(message: bytes) -> tuple[Header, bytes]:
     """Header and payload of a binary message; raises :class:`ProtocolError` on a malformed header."""
+    if not isinstance(message, bytes | bytearray | memoryview):
+        raise ProtocolError(ErrorCode.BAD_HEADER, "binary message must be bytes")
     if len(message) < HEADER_SIZE:
         raise ProtocolError(ErrorCode.BAD_HEADER, f"binary message shorter than the {HEADER_SIZE}-byte header")
     kind, flags, reserved, seq, capture_us = HEADER.unpack_from(message)
@@ -91,19 +94,24 @@ def unpack(message: bytes) -> tuple[Header, bytes]:
     return Header(kind, flags, seq, capture_us), bytes(message[HEADER_SIZE:])
 
 
-# a JSON string literal (the unrolled form: linear time, no backtracking) and the characters that nest
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# a JSON string literal, or an unterminated one running to the end of the text: it matches at every '"', so a scan
+# never backtracks to retry a later '"' (which made text like '"\\"\\"\\"...' quadratic); and the characters that nest
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 per opener, -1 (int8) per closer
 
 
 def json_depth(text: str) -> int:
-    """Deepest nesting of arrays/objects in ``text``, brackets inside strings not counted; C-speed, no recursion.
+    """Deepest nesting of arrays/objects in ``text``, brackets inside strings not counted; linear, no recursion.
 
     On malformed JSON it may over-count (an unterminated string), never under-count what the parser would reach.
     """
-    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+    outside_strings = _JSON_STRING.sub("", text) if '"' in text else text
+    brackets = _NOT_BRACKET.sub("", outside_strings)
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets.encode("ascii").translate(_DEPTH_STEPS), dtype=np.int8)
+    return max(0, int(np.cumsum(steps, dtype=np.int64).max()))
 
 
 def _refuse_constant(name: str) -> float:
