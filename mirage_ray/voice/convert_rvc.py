@@ -9,6 +9,12 @@ to exactly the window's length. Formant shift does not apply to RVC (the voice m
 Voices are ``*.onnx`` files in ``voices_dir``; ``params.voice`` picks one per call (sessions are loaded once and
 cached). Stateless across calls and thread-safe (onnxruntime sessions are; the cache is guarded by a lock).
 
+Every generator input is checked at start, for every voice (names, element types, ranks, fixed sizes): the
+streaming exports' ``skip_head`` / ``return_length`` / ``formant_length`` (frames at 100/s; scalar or ``[1]``, fed as
+declared) get 0 / the window's frames / the window's frames, so the whole window comes back with its formants as
+they are. A voice with an input this backend cannot feed is refused at start with a message that names the input:
+it is left out of :attr:`RvcConverter.voices` (or, when it is the default voice, the converter does not start).
+
 Precision: ``fp16=True`` turns on TensorRT's fp16 mode where that provider is used, and fp16-exported files (inputs
 declared float16) are fed in float16 on any provider. Every output is checked: non-finite or absurdly loud audio
 raises :class:`RvcNumericsError` (the session then passes that block through) — fp16 RVC generators are known to
@@ -21,10 +27,12 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import soxr
 
@@ -46,6 +54,22 @@ NOISE_CHANNELS = 192
 OUTPUT_PEAK_LIMIT = 4.0  # |sample| above this is not speech: a numerics failure
 RESAMPLE_QUALITY = "HQ"
 
+# Generator inputs this backend can feed: name -> rank (frame inputs [1, T, C] / [1, T] / [1, C, T]) ...
+FRAME_INPUT_RANKS = {"phone": 3, "feats": 3, "pitch": 2, "pitchf": 2, "rnd": 3}
+FLOAT_INPUTS = ("phone", "feats", "pitchf", "rnd")
+# ... and the per-call numbers, each a scalar or a [1] tensor as the export declares it
+NUMBER_INPUTS = ("phone_lengths", "p_len", "ds", "sid", "skip_head", "return_length", "formant_length")
+KNOWN_INPUTS = (*FRAME_INPUT_RANKS, *NUMBER_INPUTS)
+# one of each group must be there
+REQUIRED_INPUT_GROUPS = (("phone", "feats"), ("phone_lengths", "p_len"), ("ds", "sid"))
+_ONNX_ELEMENT_TYPES = {
+    onnx.TensorProto.FLOAT: "tensor(float)",
+    onnx.TensorProto.FLOAT16: "tensor(float16)",
+    onnx.TensorProto.DOUBLE: "tensor(double)",
+    onnx.TensorProto.INT64: "tensor(int64)",
+    onnx.TensorProto.INT32: "tensor(int32)",
+}
+
 
 class RvcModelError(ValueError):
     """A model file does not have the signature this backend expects."""
@@ -57,6 +81,85 @@ class UnknownVoiceError(ValueError):
 
 class RvcNumericsError(RuntimeError):
     """The generator produced non-finite or absurd audio (typically an fp16 overflow)."""
+
+
+@dataclass(frozen=True)
+class DeclaredInput:
+    """A graph input as the model declares it: onnxruntime's type string and shape (ints, names or None per dim)."""
+
+    name: str
+    type: str
+    shape: tuple[int | str | None, ...]
+
+
+def declared_inputs(source: str | os.PathLike[str] | ort.InferenceSession) -> list[DeclaredInput]:
+    """The graph inputs of a generator, from a ready session or read from the file (no session is created)."""
+    if isinstance(source, ort.InferenceSession):
+        return [DeclaredInput(i.name, i.type, tuple(i.shape or ())) for i in source.get_inputs()]
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise RvcModelError(f"{path.name} is not a readable ONNX model ({exc})") from exc
+    initializers = {init.name for init in graph.initializer}  # old exports list initializers as inputs too
+    inputs = []
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        element = _ONNX_ELEMENT_TYPES.get(
+            tensor.elem_type, f"tensor({onnx.TensorProto.DataType.Name(tensor.elem_type).lower()})"
+        )
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+        )  # no shape at all reads as () here, as onnxruntime reports it
+        inputs.append(DeclaredInput(value.name, element, dims))
+    return inputs
+
+
+def generator_problem(inputs: Sequence[DeclaredInput], feature_dim: int | None) -> str | None:
+    """Why this backend cannot feed a generator with these inputs (naming the input), or None when it can."""
+    by_name = {i.name: i for i in inputs}
+    for group in REQUIRED_INPUT_GROUPS:
+        if not any(name in by_name for name in group):
+            return f"has no {' / '.join(repr(n) for n in group)} input; inputs are {list(by_name)}"
+    if ("pitch" in by_name) != ("pitchf" in by_name):
+        return "has only one of 'pitch' / 'pitchf' (a pitch model needs both, a no-pitch model neither)"
+    for declared in inputs:
+        problem = _input_problem(declared, feature_dim)
+        if problem is not None:
+            return f"input {declared.name!r} ({declared.type} {list(declared.shape)}) {problem}"
+    return None
+
+
+def _input_problem(declared: DeclaredInput, feature_dim: int | None) -> str | None:
+    if declared.name not in KNOWN_INPUTS:
+        return f"is not one this backend can feed (known: {', '.join(KNOWN_INPUTS)})"
+    try:
+        dtype = np.dtype(numpy_dtype(declared.type))
+    except ValueError:
+        return "has an element type this backend cannot feed"
+    shape = declared.shape
+    if declared.name in FLOAT_INPUTS and dtype.kind != "f":
+        return "must be a float tensor"
+    if declared.name in NUMBER_INPUTS:
+        if len(shape) > 1 or (len(shape) == 1 and isinstance(shape[0], int) and shape[0] != 1):
+            return "must be a scalar or a [1] tensor"
+        return None
+    rank = FRAME_INPUT_RANKS[declared.name]
+    if len(shape) != rank:
+        return f"must have rank {rank}"
+    if isinstance(shape[0], int) and shape[0] != 1:
+        return "must take a batch of 1"
+    time_axis = 2 if declared.name == "rnd" else 1
+    if isinstance(shape[time_axis], int):
+        return f"has a fixed time axis ({shape[time_axis]} frames); export it with a dynamic one"
+    features = declared.name in ("phone", "feats") and isinstance(shape[2], int)
+    if features and feature_dim is not None and shape[2] != feature_dim:
+        return f"expects {shape[2]}-d features but the content encoder gives {feature_dim}"
+    return None
 
 
 def list_voices(voices_dir: str | os.PathLike[str]) -> list[str]:
@@ -112,22 +215,18 @@ class ContentEncoder:
 
 
 class _Voice:
-    """One generator session plus what we learned about it."""
+    """One generator session plus what we learned about it (its inputs passed :func:`generator_problem`)."""
 
     def __init__(self, name: str, session: ort.InferenceSession, output_rate: int | None) -> None:
         self.name, self.session, self.output_rate = name, session, output_rate
         self.inputs = {i.name: i for i in session.get_inputs()}
         self.output = session.get_outputs()[0].name
-        phone = self.inputs.get("phone") or self.inputs.get("feats")
-        if phone is None or len(phone.shape) != 3:
-            raise RvcModelError(
-                f"voice {name!r}: generator needs a 'phone' or 'feats' [1, T, C] input; inputs are {list(self.inputs)}"
-            )
-        self.phone = phone
-        self.dim = phone.shape[2] if isinstance(phone.shape[2], int) else None
+        self.phone = self.inputs.get("phone") or self.inputs["feats"]
+        self.dim = self.phone.shape[2] if isinstance(self.phone.shape[2], int) else None
         rnd = self.inputs.get("rnd")
         self.noise_channels = rnd.shape[1] if rnd is not None and isinstance(rnd.shape[1], int) else NOISE_CHANNELS
         self.has_pitch = "pitchf" in self.inputs
+        self.scalar = {name for name, arg in self.inputs.items() if name in NUMBER_INPUTS and len(arg.shape) == 0}
 
 
 class RvcConverter:
@@ -164,10 +263,23 @@ class RvcConverter:
         found.update(voices or {})
         if not found:
             raise RvcModelError(f"no RVC voice: no *.onnx generator in {voices_dir} and none given")
-        self._sources = found
-        self.default_voice = default_voice or sorted(found)[0]
-        if self.default_voice not in found:
-            raise UnknownVoiceError(f"default voice {default_voice!r} unknown; voices: {', '.join(sorted(found))}")
+        self._refused: dict[str, str] = {}  # voice -> why it cannot be fed
+        for name in sorted(found):
+            try:
+                problem = generator_problem(declared_inputs(found[name]), self.content.dim)
+            except RvcModelError as exc:  # not an ONNX file
+                problem = str(exc)
+            if problem is not None:
+                self._refused[name] = f"voice {name!r}: generator {problem}"
+                logger.warning("RVC %s; that voice is refused", self._refused[name])
+        self._sources = {name: source for name, source in found.items() if name not in self._refused}
+        if default_voice in self._refused:
+            raise RvcModelError(f"default {self._refused[default_voice]}")
+        if not self._sources:
+            raise RvcModelError("no usable RVC voice: " + "; ".join(self._refused.values()))
+        self.default_voice = default_voice or sorted(self._sources)[0]
+        if self.default_voice not in self._sources:
+            raise UnknownVoiceError(f"default voice {default_voice!r} unknown; voices: {', '.join(self.voices)}")
         self.speaker_id = speaker_id
         self._output_rate = output_rate
         self._seed = seed
@@ -177,7 +289,7 @@ class RvcConverter:
 
     @property
     def voices(self) -> list[str]:
-        """Selectable voice names."""
+        """Selectable voice names (voices refused at start are not among them)."""
         return sorted(self._sources)
 
     def _voice(self, name: str | None) -> _Voice:
@@ -185,46 +297,50 @@ class RvcConverter:
         voice = self._cache.get(key)
         if voice is not None:
             return voice
+        if key in self._refused:
+            raise UnknownVoiceError(
+                f"{self._refused[key]}, so it was refused at start; voices: {', '.join(self.voices)}"
+            )
         if key not in self._sources:
             raise UnknownVoiceError(f"unknown voice {key!r}; voices: {', '.join(self.voices)}")
         with self._lock:
             voice = self._cache.get(key)
             if voice is None:
-                voice = _Voice(key, make_session(self._sources[key], self._providers), self._output_rate)
-                if voice.dim is not None and self.content.dim is not None and voice.dim != self.content.dim:
-                    raise RvcModelError(
-                        f"voice {key!r} expects {voice.dim}-d features but the content encoder gives {self.content.dim}"
-                    )
+                session = make_session(self._sources[key], self._providers)
+                problem = generator_problem(declared_inputs(session), self.content.dim)  # as onnxruntime reads it
+                if problem is not None:
+                    raise RvcModelError(f"voice {key!r}: generator {problem}")
+                voice = _Voice(key, session, self._output_rate)
                 if self.fp16 and voice.phone.type != "tensor(float16)":
                     logger.info("voice %s is an fp32 file: it runs in fp32 unless TensorRT fp16 applies", key)
                 self._cache[key] = voice
         return voice
 
     def _feeds(self, voice: _Voice, feats: np.ndarray, f0: np.ndarray) -> dict[str, np.ndarray]:
+        """One value per generator input, in the dtype and rank it declares (every name was checked at start)."""
         frames = len(feats)
-        values: dict[str, np.ndarray] = {
-            "phone": feats[None],
-            "feats": feats[None],
-            "phone_lengths": np.array([frames], dtype=np.int64),
-            "p_len": np.array([frames], dtype=np.int64),
-            "pitch": coarse_pitch(f0)[None],
-            "pitchf": f0.astype(np.float32)[None],
-            "ds": np.array([self.speaker_id], dtype=np.int64),
-            "sid": np.array([self.speaker_id], dtype=np.int64),
-            "skip_head": np.array([0], dtype=np.int64),
-            "return_length": np.array([frames], dtype=np.int64),
+        numbers = {
+            "phone_lengths": frames,
+            "p_len": frames,
+            "ds": self.speaker_id,
+            "sid": self.speaker_id,
+            "skip_head": 0,  # frames to skip: none, the whole window comes back
+            "return_length": frames,
+            "formant_length": frames,  # = return_length: formants unchanged
         }
         feeds: dict[str, np.ndarray] = {}
         for name, arg in voice.inputs.items():
-            if name == "rnd":
+            if name in numbers:
+                value = np.array(numbers[name] if name in voice.scalar else [numbers[name]])
+            elif name in ("phone", "feats"):
+                value = feats[None]
+            elif name == "pitch":
+                value = coarse_pitch(f0)[None]
+            elif name == "pitchf":
+                value = f0[None]
+            else:  # rnd
                 rng = np.random.default_rng(self._seed)
                 value = rng.standard_normal((1, voice.noise_channels, frames), dtype=np.float32)
-            elif name in values:
-                value = values[name]
-            else:
-                raise RvcModelError(
-                    f"voice {voice.name!r}: unsupported generator input {name!r}; known: {list(values)}"
-                )
             feeds[name] = value.astype(numpy_dtype(arg.type))
         return feeds
 

@@ -10,6 +10,13 @@ names and shapes read from the model) and compute something checkable:
 - ``generator_model``: the RVC export signature (``phone``/``feats`` [1,T,C] f32, ``phone_lengths``/``p_len`` [1]
   i64, ``pitch`` [1,T] i64, ``pitchf`` [1,T] f32, ``ds``/``sid`` [1] i64, ``rnd`` [1,192,T]) → ``audio`` [1,1,T·sr/100]:
   a sine that follows ``pitchf`` (phase = cumulative sum) times ``amplitude``, plus a small term from the features.
+  ``stream`` adds the streaming exports' ``skip_head`` / ``return_length`` (and with ``formant`` ``formant_length``)
+  as scalars (``"scalar"``) or [1] tensors (``"vector"``): the output is frames ``skip_head ..
+  skip_head + return_length`` of that audio, resampled to ``formant_length`` frames (nearest sample), as RVC's
+  ``infer(skip_head, return_length, return_length2)`` does. Scalars go through ops that refuse a [1] tensor
+  (``Range``, ``Slice`` starts built by ``Unsqueeze``), as the real graphs' do. ``inputs_as`` re-declares inputs
+  (name → (element type, shape)), ``omit`` drops declared inputs and ``extra`` adds unused ones, to make
+  signatures the backend must refuse.
 """
 
 from __future__ import annotations
@@ -92,6 +99,9 @@ def content_model(dim: int = 768, seed: int = 1) -> onnx.ModelProto:
     )
 
 
+STREAM_KINDS = ("scalar", "vector")
+
+
 def generator_model(
     dim: int = 768,
     sample_rate: int = 40_000,
@@ -100,9 +110,17 @@ def generator_model(
     with_rnd: bool = True,
     half: bool = False,
     seed: int = 2,
+    stream: str | None = None,
+    formant: bool = False,
+    stream_type: int = TensorProto.INT64,
+    inputs_as: dict[str, tuple[int, list]] | None = None,
+    omit: tuple[str, ...] = (),
+    extra: tuple[tuple[str, int, list], ...] = (),
 ) -> onnx.ModelProto:
     """RVC generator stand-in with the export signature; ``alt_names`` uses ``feats``/``p_len``/``sid``;
-    ``half`` declares float16 float inputs and output (an fp16 export)."""
+    ``half`` declares float16 float inputs and output (an fp16 export); see the module docstring for the rest."""
+    if stream is not None and stream not in STREAM_KINDS:
+        raise ValueError(f"stream must be one of {STREAM_KINDS} or None, not {stream!r}")
     hop = sample_rate // 100
     phone, lengths, speaker = ("feats", "p_len", "sid") if alt_names else ("phone", "phone_lengths", "ds")
     float_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
@@ -137,8 +155,10 @@ def generator_model(
         helper.make_node("Tanh", ["content_1"], ["content_t"]),
         helper.make_node("Expand", ["content_t", "expand_shape"], ["content_rep"]),
         helper.make_node("Reshape", ["content_rep", "flat_shape"], ["content_samples"]),
-        helper.make_node("Add", ["voiced", "content_samples"], [audio_f]),
+        helper.make_node("Add", ["voiced", "content_samples"], ["full" if stream else audio_f]),
     ]
+    if stream:
+        nodes += _stream_nodes(hop, stream, formant, "full", audio_f, inits)
     if half:
         nodes.append(helper.make_node("Cast", [audio_f], ["audio"], to=TensorProto.FLOAT16))
     inputs = [
@@ -150,6 +170,14 @@ def generator_model(
     ]
     if with_rnd:
         inputs.append(helper.make_tensor_value_info("rnd", float_type, [1, 192, "T"]))
+    if stream:
+        shape = [] if stream == "scalar" else [1]
+        for name in ("skip_head", "return_length", *(("formant_length",) if formant else ())):
+            inputs.append(helper.make_tensor_value_info(name, stream_type, shape))
+    for name, (element, shape) in (inputs_as or {}).items():
+        inputs = [helper.make_tensor_value_info(name, element, shape) if i.name == name else i for i in inputs]
+    inputs = [i for i in inputs if i.name not in omit]
+    inputs += [helper.make_tensor_value_info(name, element, shape) for name, element, shape in extra]
     return _model(
         nodes,
         f"rvc_generator_{dim}_{sample_rate}_synthetic",
@@ -157,3 +185,46 @@ def generator_model(
         [helper.make_tensor_value_info("audio", float_type, [1, 1, "S"])],
         inits,
     )
+
+
+def _stream_nodes(hop: int, kind: str, formant: bool, full: str, out: str, inits: list) -> list[onnx.NodeProto]:
+    """Frames skip_head .. skip_head + return_length of ``full`` [1, 1, S], resampled to formant_length frames."""
+    inits += [
+        numpy_helper.from_array(np.array(hop, dtype=np.int64), "hop"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "slice_axis"),
+    ]
+    nodes = []
+    names = ("skip_head", "return_length", *(("formant_length",) if formant else ()))
+    for name in names:  # scalars, as the real graphs use them (a [1] fed here breaks Range / Slice below)
+        nodes.append(helper.make_node("Cast", [name], [f"{name}_i"], to=TensorProto.INT64))
+        if kind == "vector":
+            nodes.append(helper.make_node("Squeeze", [f"{name}_i", "axis0"], [f"{name}_s"]))
+        else:
+            nodes.append(helper.make_node("Identity", [f"{name}_i"], [f"{name}_s"]))
+    nodes += [
+        helper.make_node("Mul", ["skip_head_s", "hop"], ["start_s"]),
+        helper.make_node("Add", ["skip_head_s", "return_length_s"], ["end_frames"]),
+        helper.make_node("Mul", ["end_frames", "hop"], ["end_s"]),
+        helper.make_node("Unsqueeze", ["start_s", "axis0"], ["start_1d"]),
+        helper.make_node("Unsqueeze", ["end_s", "axis0"], ["end_1d"]),
+        helper.make_node("Slice", [full, "start_1d", "end_1d", "slice_axis"], ["kept" if formant else out]),
+    ]
+    if formant:  # nearest-sample resampling of the kept frames to formant_length frames
+        inits += [
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_i"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "one_i"),
+        ]
+        nodes += [
+            helper.make_node("Mul", ["formant_length_s", "hop"], ["n_out"]),
+            helper.make_node("Range", ["zero_i", "n_out", "one_i"], ["positions"]),
+            helper.make_node("Cast", ["positions"], ["positions_f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["return_length_s"], ["kept_f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["formant_length_s"], ["formant_f"], to=TensorProto.FLOAT),
+            helper.make_node("Div", ["kept_f", "formant_f"], ["step"]),
+            helper.make_node("Mul", ["positions_f", "step"], ["source_f"]),
+            helper.make_node("Floor", ["source_f"], ["source_floor"]),
+            helper.make_node("Cast", ["source_floor"], ["source_i"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["kept", "source_i"], [out], axis=2),
+        ]
+    return nodes

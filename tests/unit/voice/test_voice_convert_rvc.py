@@ -1,12 +1,18 @@
-"""RvcConverter end to end on synthetic models with the exact RMVPE / ContentVec / RVC generator signatures."""
+"""RvcConverter end to end on synthetic models with the exact RMVPE / ContentVec / RVC generator signatures.
+
+Generator signatures are checked at start: streaming exports (``skip_head`` / ``return_length`` / ``formant_length``,
+scalar or [1]) are fed as declared, and voices this backend cannot feed are refused with the input's name.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto
 
 from mirage_ray.voice.base import VoiceConverter, VoiceParams
 from mirage_ray.voice.convert_rvc import (
@@ -15,6 +21,8 @@ from mirage_ray.voice.convert_rvc import (
     RvcNumericsError,
     UnknownVoiceError,
     coarse_pitch,
+    declared_inputs,
+    generator_problem,
     list_voices,
 )
 from mirage_ray.voice.onnx_io import fp16_providers
@@ -154,3 +162,90 @@ def test_fp16_exported_generator_is_fed_in_float16(models, voice, tmp_path):
     y = rvc.convert(voice[8000:18016], VoiceParams(pitch_semitones=1.0))
     assert y.shape == (10_016,) and y.dtype == np.float32
     assert _cents(_peak_hz(y), RMVPE_F0 * 2 ** (1 / 12)) == pytest.approx(0.0, abs=CENTS_TOLERANCE)
+
+
+class RecordingSession(ort.InferenceSession):
+    """An onnxruntime session that keeps what it was fed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path), providers=["CPUExecutionProvider"])
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def run(self, output_names, input_feed, run_options=None):
+        self.feeds.append(dict(input_feed))
+        return super().run(output_names, input_feed, run_options)
+
+
+@pytest.mark.parametrize("formant", [False, True], ids=["no-formant", "formant_length"])
+@pytest.mark.parametrize("stream_type", [TensorProto.INT64, TensorProto.INT32], ids=["int64", "int32"])
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_streaming_exports_get_skip_head_return_length_and_formant_length_as_declared(
+    models, voice, tmp_path, kind, stream_type, formant
+):
+    model = syn.generator_model(768, 40_000, amplitude=0.3, stream=kind, formant=formant, stream_type=stream_type)
+    session = RecordingSession(syn.save(model, tmp_path / "stream.onnx"))
+    rvc = RvcConverter(models / "vec-768-layer-12.onnx", models / "rmvpe.onnx", voices={"stream": session})
+    window = voice[8000:18016]
+    y = rvc.convert(window, VoiceParams(pitch_semitones=2.0))
+    assert y.shape == window.shape
+    assert _cents(_peak_hz(y), RMVPE_F0 * 2 ** (2 / 12)) == pytest.approx(0.0, abs=CENTS_TOLERANCE)
+    assert np.abs(y[-160:]).max() > 0.2  # the whole window came back: return_length covers it, skip_head is 0
+    (feeds,) = session.feeds
+    frames = -(-len(window) // 160)
+    expected = {"skip_head": 0, "return_length": frames, **({"formant_length": frames} if formant else {})}
+    dtype = np.int64 if stream_type == TensorProto.INT64 else np.int32
+    for name, value in expected.items():
+        fed = feeds[name]
+        assert (
+            fed.dtype == dtype and fed.shape == (() if kind == "scalar" else (1,)) and int(fed.reshape(-1)[0]) == value
+        )
+
+
+BAD_SIGNATURES = {
+    "unknown input": ({"extra": (("energy", TensorProto.FLOAT, [1, "T"]),)}, r"input 'energy'.*not one this backend"),
+    "no speaker id": ({"omit": ("ds",)}, r"no 'ds' / 'sid' input"),
+    "pitch without pitchf": ({"omit": ("pitch",)}, r"only one of 'pitch' / 'pitchf'"),
+    "boolean pitch": ({"inputs_as": {"pitch": (TensorProto.BOOL, [1, "T"])}}, r"input 'pitch'.*element type"),
+    "integer features": ({"inputs_as": {"rnd": (TensorProto.INT64, [1, 192, "T"])}}, r"input 'rnd'.*float tensor"),
+    "pitch of rank 3": ({"inputs_as": {"pitch": (TensorProto.INT64, [1, "T", 2])}}, r"input 'pitch'.*rank 2"),
+    "fixed time axis": ({"inputs_as": {"rnd": (TensorProto.FLOAT, [1, 192, 200])}}, r"input 'rnd'.*fixed time axis"),
+    "batch of 2": ({"inputs_as": {"pitch": (TensorProto.INT64, [2, "T"])}}, r"input 'pitch'.*batch of 1"),
+    "skip_head of 2": (
+        {"stream": "vector", "inputs_as": {"skip_head": (TensorProto.INT64, [2])}},
+        r"input 'skip_head'.*scalar or a \[1\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SIGNATURES))
+def test_a_voice_that_cannot_be_fed_is_refused_at_start_naming_the_input(models, tmp_path, case):
+    options, message = BAD_SIGNATURES[case]
+    syn.save(syn.generator_model(768, 40_000, **options), tmp_path / "odd.onnx")
+    with pytest.raises(RvcModelError, match=r"no usable RVC voice: voice 'odd': generator .*" + message):
+        RvcConverter(models / "vec-768-layer-12.onnx", models / "rmvpe.onnx", tmp_path)
+    with pytest.raises(RvcModelError, match=r"default voice 'odd'"):
+        RvcConverter(models / "vec-768-layer-12.onnx", models / "rmvpe.onnx", tmp_path, default_voice="odd")
+
+
+def test_a_refused_voice_leaves_the_others_usable(models, voice, tmp_path, caplog):
+    syn.save(syn.generator_model(768, 40_000, amplitude=0.3), tmp_path / "alice.onnx")
+    syn.save(syn.generator_model(768, 40_000, extra=(("energy", TensorProto.FLOAT, [1, "T"]),)), tmp_path / "eve.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with caplog.at_level(logging.WARNING, logger="mirage_ray.voice.convert_rvc"):
+        rvc = RvcConverter(models / "vec-768-layer-12.onnx", models / "rmvpe.onnx", tmp_path)
+    assert rvc.voices == ["alice"] and rvc.default_voice == "alice"
+    assert any("'eve'" in r.message and "'energy'" in r.message for r in caplog.records)
+    assert any("'junk'" in r.message and "not a readable ONNX" in r.message for r in caplog.records)
+    with pytest.raises(UnknownVoiceError, match=r"voice 'eve'.*input 'energy'.*refused at start; voices: alice"):
+        rvc.convert(voice[:6400], VoiceParams(voice="eve"))
+    assert rvc.convert(voice[:6400], VoiceParams()).shape == (6400,)
+
+
+def test_declared_inputs_read_from_the_file_match_onnxruntime(models, tmp_path):
+    path = syn.save(syn.generator_model(768, 40_000, stream="scalar", formant=True), tmp_path / "s.onnx")
+    from_file = declared_inputs(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert from_file == declared_inputs(session)
+    assert {i.name: i.shape for i in from_file}["skip_head"] == ()
+    assert generator_problem(from_file, 768) is None
+    assert "768-d features but the content encoder gives 256" in generator_problem(from_file, 256)
