@@ -1,47 +1,33 @@
 // The Mirage page: one WebSocket session that streams camera + microphone and plays back what returns, in sync.
-// Wire format in protocol.js; capture in media.js; playout on the audio clock in playout.js; settings controls in
-// controls.js; sentences and the degraded state in health.js; overlay and log helpers in ui.js.
+// The socket and its retries in connection.js; what is sent in sender.js; what comes back and its timing in
+// returnpath.js (playout on the audio clock in playout.js); capture in media.js; settings controls in
+// controls.js; sentences and the degraded state in health.js; the wire format in protocol.js.
 
 import * as P from "./protocol.js";
 import { AudioCapture, FrameGrabber, mediaConstraints } from "./media.js";
-import { AudioClock, AudioPlayout, RollingSamples, VideoPlayout } from "./playout.js";
-import { HoldBackEstimator } from "./holdback.js";
+import { AudioPlayout } from "./playout.js";
+import { ReturnPath } from "./returnpath.js";
+import { Connection } from "./connection.js";
+import { Sender } from "./sender.js";
 import { enhancerAvailability, SettingsControls } from "./controls.js";
 import { DevicePicker } from "./devices.js";
 import { degradedReasons, directiveSentence, errorSentence, fmtNumber, settingsSentence } from "./health.js";
-import { collectElements, escapeHtml, LogView, overlayRows, RateMeter, renderRows } from "./ui.js";
+import { backendsHtml, collectElements, LogView, overlayRows, RateMeter, renderRows } from "./ui.js";
 
 const PING_INTERVAL_MS = 2000;
-const MAX_UNANSWERED_FRAMES = 2; // back-pressure: hold frames back while more than this many await a reply
-const UNANSWERED_EXPIRY_MS = 2000; // a frame unanswered this long was dropped by the server
-const MAX_WS_BUFFERED_BYTES = 1_000_000;
-const PAUSED_POLL_MS = 250; // while video is paused without probe frames, look again this often
-const RECONNECT_BASE_MS = 1000;
-const RECONNECT_MAX_MS = 30_000;
-const CLOSE_WAIT_MS = 2000; // a replaced socket gets this long to close before the next one opens
 const OVERLAY_REFRESH_MS = 250;
-const HOLD_BACK_EVERY_MS = 2000;
 const LATENCY_SMOOTHING = 0.2;
-const SENT_HISTORY_MS = 10_000; // sent audio kept for timing (stream position → capture time) and the bypass
 const DEFAULT_VIDEO = Object.freeze({ width: 512, height: 512, fps: 20, jpeg_quality: 85 });
 const DEFAULT_CHUNK_MS = 192;
-const MS_PER_SAMPLE = 1000 / P.SAMPLE_RATE_HZ;
 
 const BASE_URL = new URL("../", import.meta.url); // this file lives at <base>/web/app.js
 const el = collectElements();
 const log = new LogView(el.log);
 
-function emptyTiming() {
-  return {
-    holdBackMs: null, audioDelayMs: [], avSkewMs: [], videoShownMs: [],
-    mouthToEarP50: null, mouthToEarP95: null, avSkewP50: null, avSkewP99: null, videoShownP50: null,
-  };
-}
-
 /** Test hook and live counters: read by people (overlay) and by automated tests. */
 const mirage = {
   state: "idle", hello: null, closeCode: null, closeReason: "", socketsOpened: 0,
-  framesSent: 0, framesReceived: 0, framesSkipped: 0, framesSkippedAtPlayout: 0,
+  framesSent: 0, framesReceived: 0, framesSkipped: 0, lipSyncMs: 0,
   passthrough: null, passthroughSince: 0, referenceSet: false,
   audioChunksSent: 0, audioSamplesSent: 0, audioChunksReceived: 0, audioSamplesReceived: 0,
   audioUnderruns: 0, audioDropped: 0, audioTrimmedMs: 0, audioAheadMs: 0, sentAudioRms: 0, sentAudioPeakRms: 0,
@@ -49,7 +35,7 @@ const mirage = {
   fpsSent: 0, fpsReceived: 0, latencyMs: null, rttMs: null,
   lastStats: null, lastReference: null, errors: [], directives: [], settingsSent: {}, settings: {}, controls: {},
   video: { ...DEFAULT_VIDEO }, lastVideoReason: "", audioChunkMs: DEFAULT_CHUNK_MS,
-  audioSendChunkMs: P.sendChunkMs(DEFAULT_CHUNK_MS), degradedReasons: [], timing: emptyTiming(),
+  audioSendChunkMs: P.sendChunkMs(DEFAULT_CHUNK_MS), degradedReasons: [], timing: null,
 };
 window.mirage = mirage;
 
@@ -58,38 +44,33 @@ let audioCtx = null;
 let capture = null;
 let player = null;
 let grabber = null;
-let ws = null;
-let currentToken = null;
-let connectGeneration = 0; // bumped by every connect/stop: an older connect() in flight gives up
 let userStopped = false;
-let tokenSource = null; // "auto" | "manual"
 let fragmentToken = null;
-let reconnectAttempt = 0;
-let reconnectTimer = null;
 let pingTimer = null;
-let frameTimer = null;
-let nextFrameAt = 0;
-let grabbing = false;
-let videoSeq = 0;
-let audioSeq = 0;
-let referenceSeq = 0;
 let lastReferenceBytes = null; // the last reference the server accepted: re-sent after a reconnect
 let pendingReferenceBytes = null; // chosen, not answered yet
 let userSettings = {}; // settings the user changed and the server applied: re-sent after a reconnect
-let sentLog = []; // {first, captureMs, pcm}: sent audio by stream position
-let sentPosition = 0; // samples sent this session
-let returnedPosition = 0; // samples returned this session
 let lastReasonKinds = "";
-let lastHoldBackAt = 0;
-const unanswered = new Map(); // video seq → performance.now() when sent
-const sentRate = new RateMeter();
 const receivedRate = new RateMeter();
-const clock = new AudioClock();
-const audioDelay = new RollingSamples(1000); // capture → heard at the same stream position, per returned chunk
-const holdBack = new HoldBackEstimator();
-const video = new VideoPlayout(clock, drawFrame);
+const back = new ReturnPath(drawFrame);
+mirage.timing = back.timing();
 const controls = new SettingsControls(el.settings, onSettingChanged);
 const devices = new DevicePicker({ camera: el.cameraSelect, mic: el.micSelect, speaker: el.speakerSelect }, onDevice);
+const connection = new Connection(BASE_URL, {
+  resolveToken,
+  onState: (state, detail) => {
+    if (state === "need-token") el.tokenRow.hidden = false;
+    setState(state, detail);
+  },
+  onMessage: (data) => (typeof data === "string" ? onText(data) : onBinary(data)),
+  onClosed,
+  onReplacedClosed: (event) => {
+    mirage.closeCode = event.code;
+    mirage.closeReason = P.describeClose(event.code);
+  },
+  onError: () => log.add("warn", "the connection reported an error"),
+});
+const sender = new Sender(connection, mirage, isLive, (text) => log.add("warn", text));
 
 function setState(state, detail = "") {
   mirage.state = state;
@@ -101,7 +82,7 @@ function setState(state, detail = "") {
 }
 
 function isLive() {
-  return (mirage.state === "streaming" || mirage.state === "degraded") && ws?.readyState === WebSocket.OPEN;
+  return (mirage.state === "streaming" || mirage.state === "degraded") && connection.isOpen;
 }
 
 // --- start / stop ----------------------------------------------------------------------------------------
@@ -127,6 +108,7 @@ async function start() {
     player = new AudioPlayout(audioCtx, Number(el.jitter.value));
     player.setVolume(Number(el.volume.value));
     player.setMonitor(el.monitor.checked);
+    back.attach(player);
     capture = await AudioCapture.create(audioCtx, stream, mirage.audioSendChunkMs, onAudioChunk);
   } catch (err) {
     log.add("error", `camera/microphone set-up failed: ${err.name}: ${err.message}`);
@@ -141,12 +123,11 @@ async function start() {
 
 function stop() {
   userStopped = true;
-  connectGeneration += 1;
-  clearTimeout(reconnectTimer);
-  closeSocket("user stopped");
-  endSessionLoops();
+  connection.stop("user stopped");
+  endSession();
   capture?.stop();
   grabber?.stop();
+  back.attach(null);
   player?.close();
   audioCtx?.close();
   for (const track of stream?.getTracks() ?? []) track.stop();
@@ -168,11 +149,9 @@ function clearLiveView() {
   controls.setConnected(false);
   Object.assign(mirage, {
     lastStats: null, latencyMs: null, rttMs: null, passthrough: null, sentAudioRms: 0, audioAheadMs: 0,
-    degradedReasons: [], timing: emptyTiming(), audioUnconvertedTimes: [], audioUnderrunTimes: [],
+    degradedReasons: [], audioUnconvertedTimes: [], audioUnderrunTimes: [],
   });
-  audioDelay.clear();
-  video.skewMs.clear();
-  video.shownLatencyMs.clear();
+  back.clearFigures();
   lastReasonKinds = "";
   refreshOverlay();
 }
@@ -232,62 +211,16 @@ async function resolveToken() {
   return null;
 }
 
-/** Close the current socket (if any) and wait for it to be closed, so that two never overlap. */
-function closeSocket(why) {
-  const old = ws;
-  ws = null;
-  endSessionLoops();
-  if (!old || old.readyState === WebSocket.CLOSED) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (event) => {
-      if (event?.code) {
-        mirage.closeCode = event.code;
-        mirage.closeReason = P.describeClose(event.code);
-      }
-      resolve();
-    };
-    old.addEventListener("close", done, { once: true });
-    setTimeout(done, CLOSE_WAIT_MS);
-    if (old.readyState <= WebSocket.OPEN) old.close(P.CloseCode.NORMAL, why);
-  });
-}
-
+/** A new socket (the current one is closed first, and waited for): one session at a time. */
 async function connect() {
-  const generation = ++connectGeneration;
-  clearTimeout(reconnectTimer);
-  await closeSocket("reconnecting");
-  if (generation !== connectGeneration || userStopped) return;
-  setState("connecting");
-  const resolved = await resolveToken();
-  if (generation !== connectGeneration || userStopped) return;
-  if (!resolved) {
-    el.tokenRow.hidden = false;
-    setState("need-token", "enter an access token (see the help under the field)");
-    return;
-  }
-  tokenSource = resolved.source;
-  el.tokenRow.hidden = tokenSource === "auto";
-  let socket;
-  try {
-    socket = new WebSocket(P.wsUrl(BASE_URL), [P.SUBPROTOCOL, P.BEARER_PREFIX + resolved.token]);
-  } catch (err) {
-    setState("need-token", `cannot connect: ${err.message}`);
-    return;
-  }
-  mirage.socketsOpened += 1;
-  currentToken = resolved.token;
-  socket.binaryType = "arraybuffer";
-  socket.onmessage = (event) => (typeof event.data === "string" ? onText(event.data) : onBinary(event.data));
-  socket.onclose = (event) => onClose(socket, event);
-  socket.onerror = () => log.add("warn", "the connection reported an error");
-  socket.onopen = () => socket === ws && setState("open", "waiting for the server's hello");
-  ws = socket;
+  endSession();
+  await connection.connect();
+  mirage.socketsOpened = connection.opened;
+  el.tokenRow.hidden = connection.tokenSource === "auto" && mirage.state !== "need-token";
 }
 
-function onClose(socket, event) {
-  if (socket !== ws) return; // a socket this page replaced or stopped
-  ws = null;
-  endSessionLoops();
+function onClosed(event) {
+  endSession();
   controls.setConnected(false);
   mirage.closeCode = event.code;
   mirage.closeReason = P.describeClose(event.code);
@@ -295,7 +228,7 @@ function onClose(socket, event) {
   log.add(event.code === P.CloseCode.NORMAL ? "info" : "error", `connection closed — ${words}`);
   if (userStopped) return;
   const expired = event.code === P.CloseCode.TOKEN_EXPIRED;
-  if (expired && tokenSource === "manual") {
+  if (expired && connection.tokenSource === "manual") {
     fragmentToken = null; // a typed or linked token cannot be renewed here: a page token, or ask for a new one
     el.token.value = "";
     log.add("warn", "the token expired; the page tries a fresh page token, else asks for a new one");
@@ -305,23 +238,16 @@ function onClose(socket, event) {
     setState("closed", words);
     return;
   }
-  const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** reconnectAttempt) * (0.5 + Math.random() / 2);
-  reconnectAttempt += 1;
+  const delay = connection.retryLater();
   setState("reconnecting", `${words}; retrying in ${(delay / 1000).toFixed(1)} s`);
-  reconnectTimer = setTimeout(connect, delay);
 }
 
-function endSessionLoops() {
+/** The session's loops stop and what it queued is dropped (the camera, microphone and audio context stay). */
+function endSession() {
   clearInterval(pingTimer);
-  clearTimeout(frameTimer);
-  pingTimer = frameTimer = null;
-  unanswered.clear();
-  player?.reset();
-  clock.clear();
-  video.clear();
-  sentLog = [];
-  sentPosition = returnedPosition = 0;
-  holdBack.reset(true);
+  pingTimer = null;
+  sender.stop();
+  back.newSession();
 }
 
 // --- control messages ------------------------------------------------------------------------------------
@@ -346,11 +272,10 @@ function onText(text) {
 
 function onHello(msg) {
   mirage.hello = msg;
-  reconnectAttempt = 0;
-  videoSeq = audioSeq = referenceSeq = 0;
+  connection.resetBackoff();
   Object.assign(mirage, { video: { ...DEFAULT_VIDEO }, audioFallback: null, lastVideoReason: "" });
   applyMediaConfig(msg.video, msg.audio?.chunk_ms);
-  showBackends(msg.backends ?? {});
+  el.backends.innerHTML = backendsHtml(msg.backends ?? {});
   el.session.textContent = msg.session_id ?? "";
   mirage.settings = { ...(msg.settings ?? {}) };
   controls.setVoices(msg.backends?.voices ?? msg.voices);
@@ -360,34 +285,16 @@ function onHello(msg) {
   mirage.controls = controls.values();
   log.add("info", `connected: session ${msg.session_id}${describeSettings(mirage.settings)}`);
   setState("streaming");
-  if (Object.keys(userSettings).length) ws.send(P.settingsMessage(userSettings));
+  if (Object.keys(userSettings).length) connection.send(P.settingsMessage(userSettings));
   const reference = pendingReferenceBytes ?? lastReferenceBytes;
   if (reference) sendReference(reference, "sending the reference photo again for this session");
-  pingTimer = setInterval(() => isLive() && ws.send(P.pingMessage(performance.now())), PING_INTERVAL_MS);
-  nextFrameAt = performance.now();
-  scheduleFrame();
+  pingTimer = setInterval(() => isLive() && connection.send(P.pingMessage(performance.now())), PING_INTERVAL_MS);
+  sender.start(grabber);
 }
 
 function describeSettings(s) {
   if (!s || s.voice === undefined) return "";
   return `; voice ${s.voice ?? "none"}, pitch ${fmtNumber(s.pitch_semitones, 1)}, formant ${fmtNumber(s.formant_shift, 2)}`;
-}
-
-function showBackends(backends) {
-  const rows = [];
-  for (const [stage, info] of Object.entries(backends)) {
-    if (stage === "voices") continue;
-    if (info && typeof info === "object") {
-      const state = info.ready === false ? "not ready" : info.fallback ? "embedded default" : "model";
-      rows.push(`<li><b>${escapeHtml(stage)}</b>: ${escapeHtml(info.name ?? "?")} (${state})`
-        + `${info.reason ? `<br><small>${escapeHtml(info.reason)}</small>` : ""}</li>`);
-    } else {
-      rows.push(`<li><b>${escapeHtml(stage)}</b>: ${escapeHtml(String(info))}</li>`);
-    }
-  }
-  const voices = backends.voices;
-  if (Array.isArray(voices) && voices.length) rows.push(`<li><b>voice models</b>: ${escapeHtml(voices.join(", "))}</li>`);
-  el.backends.innerHTML = rows.join("");
 }
 
 function onDirective(msg) {
@@ -462,17 +369,17 @@ function onBinary(buffer) {
 }
 
 function onVideoReply(msg) {
-  for (const seq of unanswered.keys()) if (P.seqAtOrAfter(msg.seq, seq)) unanswered.delete(seq);
+  sender.answered(msg.seq);
   mirage.framesReceived += 1;
   receivedRate.mark();
   const captureMs = P.usToPerfMs(msg.captureUs);
   const latency = performance.now() - captureMs;
   const previous = mirage.latencyMs ?? latency;
   mirage.latencyMs = previous + LATENCY_SMOOTHING * (latency - previous);
-  const socket = ws;
+  const session = mirage.hello;
   createImageBitmap(new Blob([msg.payload], { type: "image/jpeg" })).then((bitmap) => {
-    if (socket !== ws) return bitmap.close(); // the session ended meanwhile
-    video.push({ seq: msg.seq, captureMs, arrivedMs: performance.now(), flags: msg.flags, bitmap });
+    if (session !== mirage.hello || !isLive()) return bitmap.close(); // the session ended meanwhile
+    back.frame({ seq: msg.seq, captureMs, arrivedMs: performance.now(), flags: msg.flags, bitmap });
     return undefined;
   }, (err) => log.add("warn", `returned frame ${msg.seq} could not be decoded: ${err.message}`));
 }
@@ -488,110 +395,34 @@ function drawFrame(frame) {
   el.badge.hidden = !passthrough;
 }
 
-/** Capture time (performance clock) of the sample sent at stream position `position`, or null. */
-function captureAt(position) {
-  for (let i = sentLog.length - 1; i >= 0; i -= 1) {
-    const chunk = sentLog[i];
-    if (chunk.first <= position && position < chunk.first + chunk.pcm.length) {
-      return chunk.captureMs + (position - chunk.first) * MS_PER_SAMPLE;
-    }
-  }
-  return null;
-}
-
-/** The voice as sent, `count` samples from stream position `from` (silence where none is kept). */
-function ownVoice(from, count) {
-  const out = new Float32Array(count);
-  for (const chunk of sentLog) {
-    const lo = Math.max(from, chunk.first);
-    const hi = Math.min(from + count, chunk.first + chunk.pcm.length);
-    for (let p = lo; p < hi; p += 1) out[p - from] = chunk.pcm[p - chunk.first] / 32768;
-  }
-  return out;
-}
-
 function onAudioReply(msg) {
   const samples = P.pcm16ToFloat32(msg.payload);
-  const position = returnedPosition;
-  returnedPosition += samples.length;
   mirage.audioChunksReceived += 1;
   mirage.audioSamplesReceived += samples.length;
-  holdBack.addReturned(samples);
   const now = performance.now();
   if (msg.flags & P.FLAG_PASSTHROUGH) {
     mirage.audioUnconverted += 1;
     mirage.audioUnconvertedTimes.push(now);
   }
-  if (!player) return;
-  const captureMs = captureAt(position);
-  const holdBackSamples = Math.round((holdBack.holdBackMs ?? 0) / MS_PER_SAMPLE);
-  const heard = el.bypass.checked ? ownVoice(position - holdBackSamples, samples.length) : samples;
-  const result = player.play(heard);
+  back.bypass = el.bypass.checked;
+  const result = back.audio(samples, now);
+  if (!result) return;
   if (result.status === "underrun") mirage.audioUnderrunTimes.push(now);
-  mirage.audioUnderruns = player.underruns;
-  mirage.audioDropped = player.dropped;
-  mirage.audioTrimmedMs = player.trimmedMs;
-  if (result.status === "dropped" || captureMs === null) return;
-  for (const piece of result.pieces) clock.add(captureMs + piece.offsetMs, piece.startMs, piece.durationMs);
-  const first = result.pieces[0];
-  if (first) audioDelay.push(first.startMs - (captureMs + first.offsetMs));
+  Object.assign(mirage, {
+    audioUnderruns: player.underruns, audioDropped: player.dropped,
+    audioTrimmedMs: player.trimmedMs, audioPaddedMs: player.paddedMs,
+  });
 }
 
 // --- sending ---------------------------------------------------------------------------------------------
-
-function scheduleFrame() {
-  const fps = mirage.video.fps;
-  const now = performance.now();
-  if (!(fps > 0)) { // paused without probe frames: send nothing, look again soon
-    frameTimer = setTimeout(sendFrame, PAUSED_POLL_MS);
-    nextFrameAt = now;
-    return;
-  }
-  nextFrameAt = Math.max(nextFrameAt + 1000 / fps, now);
-  frameTimer = setTimeout(sendFrame, nextFrameAt - now);
-}
-
-async function sendFrame() {
-  if (!isLive()) return;
-  scheduleFrame();
-  if (!(mirage.video.fps > 0)) return;
-  const now = performance.now();
-  for (const [seq, sentAt] of unanswered) if (now - sentAt > UNANSWERED_EXPIRY_MS) unanswered.delete(seq);
-  if (grabbing || !grabber?.ready) return;
-  if (unanswered.size > MAX_UNANSWERED_FRAMES || ws.bufferedAmount > MAX_WS_BUFFERED_BYTES) {
-    mirage.framesSkipped += 1;
-    return;
-  }
-  grabbing = true;
-  try {
-    const { width, height, jpeg_quality: quality } = mirage.video;
-    const { bytes, perfMs } = await grabber.grab(width, height, quality / 100);
-    if (!isLive()) return;
-    ws.send(P.packMessage(P.Kind.VIDEO, videoSeq, P.perfMsToUs(perfMs), bytes));
-    unanswered.set(videoSeq, performance.now());
-    videoSeq = P.nextSeq(videoSeq);
-    mirage.framesSent += 1;
-    sentRate.mark();
-  } catch (err) {
-    log.add("warn", `frame capture failed: ${err.message}`);
-  } finally {
-    grabbing = false;
-  }
-}
 
 function onAudioChunk({ pcm, perfMs, rms }) {
   mirage.sentAudioRms = rms;
   mirage.sentAudioPeakRms = Math.max(mirage.sentAudioPeakRms, rms);
   el.level.value = Math.min(1, rms * 4);
   if (!isLive()) return;
-  ws.send(P.packMessage(P.Kind.AUDIO, audioSeq, P.perfMsToUs(perfMs), pcm));
-  audioSeq = P.nextSeq(audioSeq);
-  sentLog.push({ first: sentPosition, captureMs: perfMs, pcm });
-  while (sentLog.length > 1 && perfMs - sentLog[0].captureMs > SENT_HISTORY_MS) sentLog.shift();
-  sentPosition += pcm.length;
-  holdBack.addSent(pcm);
-  mirage.audioChunksSent += 1;
-  mirage.audioSamplesSent += pcm.length;
+  sender.audio(pcm, perfMs);
+  back.sent(pcm, perfMs);
 }
 
 function sendReference(bytes, why) {
@@ -606,8 +437,7 @@ function sendReference(bytes, why) {
     pendingReferenceBytes = null;
     return;
   }
-  ws.send(P.packMessage(P.Kind.REFERENCE, referenceSeq, P.nowUs(), bytes));
-  referenceSeq = P.nextSeq(referenceSeq);
+  sender.reference(bytes);
   el.referenceStatus.textContent = "uploaded, waiting for the server…";
   el.referenceStatus.dataset.ok = "";
   log.add("info", why);
@@ -630,33 +460,16 @@ async function onReferenceChosen() {
 function onSettingChanged(key, value) {
   mirage.settingsSent[key] = value;
   mirage.controls = controls.values();
-  if (isLive()) ws.send(P.settingsMessage({ [key]: value }));
+  if (isLive()) connection.send(P.settingsMessage({ [key]: value }));
 }
 
 // --- live figures ----------------------------------------------------------------------------------------
 
 function publishTiming(now) {
-  if (now - lastHoldBackAt > HOLD_BACK_EVERY_MS) {
-    lastHoldBackAt = now;
-    holdBack.update();
-  }
-  const hold = holdBack.holdBackMs;
-  clock.holdBackMs = hold ?? 0;
-  const plusHold = (v) => (v === null ? null : v + (hold ?? 0));
-  mirage.timing = {
-    holdBackMs: hold,
-    holdBackCorrelation: holdBack.correlation,
-    audioDelayMs: [...audioDelay.values],
-    avSkewMs: [...video.skewMs.values],
-    videoShownMs: [...video.shownLatencyMs.values],
-    mouthToEarP50: plusHold(audioDelay.percentile(50)),
-    mouthToEarP95: plusHold(audioDelay.percentile(95)),
-    avSkewP50: video.skewMs.percentile(50),
-    avSkewP99: video.skewMs.percentile(99),
-    videoShownP50: video.shownLatencyMs.percentile(50),
-  };
-  mirage.framesSkippedAtPlayout = video.skipped;
-  const t = mirage.timing;
+  back.adapt(now);
+  const t = back.timing();
+  mirage.timing = t;
+  mirage.lipSyncMs = t.lipSyncMs;
   el.m2e.textContent = t.mouthToEarP50 === null ? "–" : `${fmtNumber(t.mouthToEarP50)} ms`;
   el.avSkew.textContent = t.avSkewP50 === null ? "–" : `${fmtNumber(t.avSkewP50)} ms (p99 ${fmtNumber(t.avSkewP99)})`;
   el.videoDelay.textContent = t.videoShownP50 === null ? "–" : `${fmtNumber(t.videoShownP50)} ms`;
@@ -682,7 +495,7 @@ function publishHealth(now) {
 
 function refreshOverlay() {
   const now = performance.now();
-  mirage.fpsSent = sentRate.rate();
+  mirage.fpsSent = sender.rate.rate();
   mirage.fpsReceived = receivedRate.rate();
   mirage.audioAheadMs = player ? player.aheadMs : 0;
   publishTiming(now);
@@ -691,7 +504,7 @@ function refreshOverlay() {
 }
 
 function playoutLoop() {
-  video.tick(performance.now());
+  back.tick(performance.now());
   requestAnimationFrame(playoutLoop);
 }
 
@@ -699,12 +512,13 @@ function playoutLoop() {
 
 function onTokenConnect() {
   const typed = el.token.value.trim();
-  if ((isLive() || mirage.state === "connecting" || mirage.state === "open") && (!typed || typed === currentToken)) {
+  const busy = isLive() || mirage.state === "connecting" || mirage.state === "open";
+  if (busy && (!typed || typed === connection.token)) {
     log.add("info", "already connected with this token");
     return;
   }
   fragmentToken = null;
-  reconnectAttempt = 0;
+  connection.resetBackoff();
   if (stream) connect(); // closes the current session first: one session at a time
   else start();
 }
@@ -717,7 +531,10 @@ function init() {
   }
   el.start.addEventListener("click", start);
   el.stop.addEventListener("click", stop);
-  el.reconnect.addEventListener("click", () => { reconnectAttempt = 0; connect(); });
+  el.reconnect.addEventListener("click", () => {
+    connection.resetBackoff();
+    connect();
+  });
   el.tokenConnect.addEventListener("click", onTokenConnect);
   el.reference.addEventListener("change", onReferenceChosen);
   el.echoCancel.addEventListener("change", () => reopen("audio"));

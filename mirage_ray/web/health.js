@@ -3,8 +3,9 @@
 
 import { ErrorCode, videoPaused } from "./protocol.js";
 
-const HIGH_VOICE_DELAY_MS = 400; // mouth-to-ear above this (median) is called out
-const HIGH_VIDEO_DELAY_MS = 600; // capture → shown above this (median) is called out
+const HIGH_VOICE_DELAY_MS = 500; // mouth-to-ear above this (median of recent chunks) is called out
+const HIGH_VIDEO_DELAY_MS = 700; // capture → shown above this (median of recent frames) is called out
+const MIN_DELAY_SAMPLES = 10; // ... once this many chunks were measured
 const RECENT_MS = 10_000; // "recently" for unconverted voice blocks, unswapped frames and gaps
 const GAPS_CALLED_OUT = 3; // this many playback gaps within RECENT_MS is called out
 
@@ -126,7 +127,8 @@ export function degradedReasons(m, now) {
   if (gaps >= GAPS_CALLED_OUT) add("voice-gaps", `the returned voice had ${gaps} gaps in the last ${RECENT_MS / 1000} s`);
   const voiceDelay = m.timing?.mouthToEarP50;
   const videoDelay = m.timing?.videoShownP50;
-  if (voiceDelay > HIGH_VOICE_DELAY_MS || videoDelay > HIGH_VIDEO_DELAY_MS) {
+  const measured = (m.timing?.audioDelayMs?.length ?? 0) >= MIN_DELAY_SAMPLES;
+  if (measured && (voiceDelay > HIGH_VOICE_DELAY_MS || videoDelay > HIGH_VIDEO_DELAY_MS)) {
     add("long-delay", `long delay: voice ${fmtNumber(voiceDelay)} ms, picture ${fmtNumber(videoDelay)} ms`);
   }
   return reasons;

@@ -7,16 +7,28 @@ import { SAMPLE_RATE_HZ } from "./protocol.js";
 import { contextToPerfMs } from "./media.js";
 
 const MS_PER_SAMPLE = 1000 / SAMPLE_RATE_HZ;
-const MAX_AHEAD_MS = 500; // a chunk that would queue more than this is dropped, so latency cannot creep up
+// a chunk that would queue more than the target plus the larger of these is dropped (latency cannot creep up)
+const MAX_AHEAD_MS = 500;
+const AHEAD_CHUNKS = 3;
+const PAD_MIN_MS = 10; // a lip-sync hold below the queue by more than this is added as a pause ...
+const PAD_MAX_MS = 100; // ... of at most this much per chunk
+const LATE_TOLERANCE_MS = 20; // lip-sync hold: raised when the picture arrives later than its sound by more ...
+const EARLY_MARGIN_MS = 80; // ... lowered when the picture arrives this much earlier than its sound
+const MAX_LIP_SYNC_MS = 400; // the voice is never held back more than this for the picture
+const LATENESS_WINDOW_MS = 3000;
+const LATENESS_MIN_FRAMES = 10;
 const FRAME_SAMPLES = SAMPLE_RATE_HZ / 100; // the queue is shortened by leaving out whole 10 ms frames ...
 const FRAME_MS = 10;
-const QUIET_FRAME_DB = -40; // ... quieter than this (dBFS): pauses between words, gated silence
+const QUIET_FRAME_DB = -40; // ... quieter than this (dBFS): pauses between words, gated silence ...
+const RELATIVE_QUIET_DB = 25; // ... or this far below the chunk's loudest frame (gaps inside speech)
 const TRIM_WINDOW_MS = 3000; // the queue is trimmed to the margin against its smallest slack over this window
 const TRIM_MIN_SAMPLES = 4; // ... once this many chunks arrived in the window
 const SEGMENT_HISTORY_MS = 10_000;
 const AUDIO_STALE_MS = 600; // no audio heard for this long: video no longer waits for it
 const MAX_VIDEO_WAIT_MS = 1500; // a frame never waits longer than this for its sound (a broken clock must not freeze)
 const MAX_QUEUED_FRAMES = 60;
+const LATE_DROP_MS = 120; // a frame whose sound was heard longer ago than this is not shown ...
+const MAX_FREEZE_MS = 1000; // ... unless the picture has not changed for this long (a picture slower than the voice)
 const SKEW_PENDING_MS = 4000; // a shown frame whose sound never plays (dropped, trimmed) is not measured
 
 /** Last `limit` numbers, with percentiles. */
@@ -43,30 +55,34 @@ export class RollingSamples {
     return this.values.length ? this.values[this.values.length - 1] : null;
   }
 
-  /** The p-th percentile (0–100, nearest rank), or null when empty. */
-  percentile(p) {
+  /** The p-th percentile (0–100, nearest rank) of all values or of the `last` few, or null when empty. */
+  percentile(p, last = this.values.length) {
     if (!this.values.length) return null;
-    const sorted = [...this.values].sort((a, b) => a - b);
+    const sorted = this.values.slice(-last).sort((a, b) => a - b);
     const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
     return sorted[rank];
   }
 }
 
 /**
- * Which 10 ms frames of `samples` to leave out to shorten it by about `cutMs`: the quietest frames below
- * QUIET_FRAME_DB, never the last partial frame. Returns the kept runs `[{from, to}]` (sample offsets) or null.
+ * Which 10 ms frames of `samples` to leave out to shorten it by about `cutMs`: the quietest frames, below
+ * QUIET_FRAME_DB or RELATIVE_QUIET_DB under the chunk's loudest frame, at most half of them (all of a silent chunk
+ * but one), never the last partial frame. Returns the kept runs `[{from, to}]` (sample offsets) or null.
  */
 function quietCut(samples, cutMs) {
   const frames = Math.floor(samples.length / FRAME_SAMPLES);
-  const wanted = Math.min(Math.floor(cutMs / FRAME_MS), frames - 1);
-  if (wanted < 1) return null;
-  const quiet = [];
+  const levels = [];
   for (let f = 0; f < frames; f += 1) {
     let sum = 0;
     for (let i = f * FRAME_SAMPLES; i < (f + 1) * FRAME_SAMPLES; i += 1) sum += samples[i] * samples[i];
-    const db = 10 * Math.log10(sum / FRAME_SAMPLES + 1e-20);
-    if (db < QUIET_FRAME_DB) quiet.push({ f, db });
+    levels.push({ f, db: 10 * Math.log10(sum / FRAME_SAMPLES + 1e-20) });
   }
+  const loudest = Math.max(...levels.map((l) => l.db));
+  const silent = loudest < QUIET_FRAME_DB;
+  const limit = silent ? frames - 1 : Math.floor(frames / 2);
+  const wanted = Math.min(Math.floor(cutMs / FRAME_MS), limit);
+  if (wanted < 1) return null;
+  const quiet = levels.filter((l) => l.db < QUIET_FRAME_DB || l.db < loudest - RELATIVE_QUIET_DB);
   if (!quiet.length) return null;
   quiet.sort((a, b) => a.db - b.db);
   const cut = new Set(quiet.slice(0, wanted).map((q) => q.f));
@@ -87,12 +103,14 @@ function quietCut(samples, cutMs) {
  * already ended (an underrun, an audible gap) or for the first chunk, it starts `margin` from now. The queue is
  * kept short: whenever the smallest slack over the last few seconds (what was still queued when a chunk arrived)
  * exceeds the margin, the excess is taken out of the next chunks by leaving out their quietest 10 ms frames
- * (pauses between words). A chunk that would queue more than MAX_AHEAD_MS is dropped.
+ * (pauses between words). A chunk that would queue far more (MAX_AHEAD_MS or AHEAD_CHUNKS chunks beyond the
+ * target) is dropped.
  */
 export class AudioPlayout {
   constructor(ctx, marginMs) {
     this.ctx = ctx;
     this.marginS = marginMs / 1000;
+    this.lipSyncS = 0; // extra hold so that the sound waits for a slower picture (see LipSync)
     this.volume = ctx.createGain();
     this.monitor = ctx.createGain();
     this.volume.connect(this.monitor).connect(ctx.destination);
@@ -100,10 +118,20 @@ export class AudioPlayout {
     this.underruns = 0;
     this.dropped = 0;
     this.trimmedMs = 0;
+    this.paddedMs = 0;
   }
 
   setMarginMs(marginMs) {
     this.marginS = Math.max(0, marginMs) / 1000;
+  }
+
+  /** Hold the voice back this much more than the margin (lip sync with a slower picture). */
+  setLipSyncMs(ms) {
+    this.lipSyncS = Math.max(0, ms) / 1000;
+  }
+
+  get targetS() {
+    return this.marginS + this.lipSyncS;
   }
 
   setVolume(volume) {
@@ -130,11 +158,7 @@ export class AudioPlayout {
     if (samples.length === 0) return { status: "played", pieces: [] };
     const now = this.ctx.currentTime;
     const ranDry = this.started && this.nextTime <= now;
-    const at = this.started && !ranDry ? this.nextTime : now + this.marginS;
-    if ((at - now) * 1000 + samples.length * MS_PER_SAMPLE > MAX_AHEAD_MS) {
-      this.dropped += 1;
-      return { status: "dropped" };
-    }
+    let at = this.started && !ranDry ? this.nextTime : now + this.targetS;
     let runs = [{ from: 0, to: samples.length }];
     let slackMs = null;
     if (ranDry) {
@@ -142,7 +166,15 @@ export class AudioPlayout {
       this.slacks = [];
     } else if (this.started) {
       slackMs = (this.nextTime - now) * 1000;
-      runs = this.trim(samples, slackMs) ?? runs;
+      const padMs = this.pad(slackMs);
+      at += padMs / 1000;
+      if (!padMs) runs = this.trim(samples) ?? runs;
+    }
+    const chunkMs = samples.length * MS_PER_SAMPLE;
+    const limitMs = Math.max(MAX_AHEAD_MS, AHEAD_CHUNKS * chunkMs) + this.targetS * 1000;
+    if ((at - now) * 1000 + chunkMs > limitMs) {
+      this.dropped += 1;
+      return { status: "dropped" };
     }
     const kept = runs.reduce((n, r) => n + r.to - r.from, 0);
     const played = new Float32Array(kept);
@@ -166,13 +198,31 @@ export class AudioPlayout {
     return { status: ranDry ? "underrun" : "played", pieces, slackMs };
   }
 
-  /** Kept runs of the chunk when the queue is longer than the margin and the chunk has quiet frames, else null. */
-  trim(samples, slackMs) {
+  /** Smallest slack over the window (with this chunk's), or null while the window holds too few chunks. */
+  minSlackMs(slackMs) {
     const t = performance.now();
     this.slacks.push({ t, slackMs });
     while (this.slacks.length && t - this.slacks[0].t > TRIM_WINDOW_MS) this.slacks.shift();
-    if (this.slacks.length < TRIM_MIN_SAMPLES) return null;
-    const excessMs = Math.min(...this.slacks.map((s) => s.slackMs)) - this.marginS * 1000;
+    return this.slacks.length < TRIM_MIN_SAMPLES ? null : Math.min(...this.slacks.map((s) => s.slackMs));
+  }
+
+  /** A pause (ms) before this chunk when a lip-sync hold asks for a longer queue than there is, else 0. */
+  pad(slackMs) {
+    const least = this.minSlackMs(slackMs);
+    if (this.lipSyncS === 0 || least === null) return 0;
+    const deficitMs = this.targetS * 1000 - least;
+    if (deficitMs < PAD_MIN_MS) return 0;
+    const padMs = Math.min(deficitMs, PAD_MAX_MS);
+    for (const s of this.slacks) s.slackMs += padMs;
+    this.paddedMs += padMs;
+    return padMs;
+  }
+
+  /** Kept runs of the chunk when the queue is longer than its target and the chunk has quiet frames, else null. */
+  trim(samples) {
+    const least = this.slacks.length < TRIM_MIN_SAMPLES ? null : Math.min(...this.slacks.map((s) => s.slackMs));
+    if (least === null) return null;
+    const excessMs = least - this.targetS * 1000;
     const runs = quietCut(samples, excessMs);
     if (!runs) return null;
     const cutMs = (samples.length - runs.reduce((n, r) => n + r.to - r.from, 0)) * MS_PER_SAMPLE;
@@ -254,8 +304,9 @@ export class AudioClock {
 
 /**
  * Returned video frames wait until the audio clock reaches their capture time, then the newest due frame is drawn
- * (older due ones are skipped). Every drawn frame is checked later against when its sound was actually heard:
- * `skewMs` = shown − heard (positive: the picture is late).
+ * (older due ones are skipped). A frame that arrives after its sound was heard is drawn at once, unless it is more
+ * than LATE_DROP_MS late and the picture changed recently. Every drawn frame is checked later against when its
+ * sound was actually heard: `skewMs` = shown − heard (positive: the picture is late).
  */
 export class VideoPlayout {
   constructor(clock, draw) {
@@ -267,11 +318,17 @@ export class VideoPlayout {
     this.shownLatencyMs = new RollingSamples(200);
     this.skipped = 0;
     this.forced = 0;
+    this.lateDropped = 0;
+    this.shown = 0;
+    this.lastDrawnMs = -Infinity;
+    this.lateness = []; // {t, lateMs}: how much later than its sound each frame arrived
     this.lastShownCaptureMs = null;
   }
 
   /** A decoded frame: `{captureMs, arrivedMs, bitmap, ...}`. Frames older than the one on screen are discarded. */
   push(frame) {
+    const due = this.clock.heardWhen(frame.captureMs); // null: its sound is not even scheduled yet (early)
+    this.lateness.push({ t: frame.arrivedMs, lateMs: due === null ? -Infinity : frame.arrivedMs - due });
     if (this.lastShownCaptureMs !== null && frame.captureMs <= this.lastShownCaptureMs) {
       frame.bitmap.close();
       return;
@@ -292,20 +349,27 @@ export class VideoPlayout {
     if (!this.queue.length) return;
     const heard = this.clock.heardAt(now);
     let due = -1;
+    let forced = false;
     for (let i = 0; i < this.queue.length; i += 1) {
       const f = this.queue[i];
-      if (heard === null || f.captureMs <= heard) due = i;
-      else if (now - f.arrivedMs > MAX_VIDEO_WAIT_MS) {
-        due = i;
-        this.forced += 1;
-      }
+      if (heard === null || f.captureMs <= heard) [due, forced] = [i, false];
+      else if (now - f.arrivedMs > MAX_VIDEO_WAIT_MS) [due, forced] = [i, true];
     }
     if (due < 0) return;
     for (let i = 0; i < due; i += 1) this.discard(this.queue[i]);
     const frame = this.queue[due];
     this.queue = this.queue.slice(due + 1);
+    const soundAt = heard === null ? null : this.clock.heardWhen(frame.captureMs);
+    if (soundAt !== null && now - soundAt > LATE_DROP_MS && now - this.lastDrawnMs < MAX_FREEZE_MS) {
+      this.lateDropped += 1; // its sound was heard too long ago: out of sync, and a newer frame is near
+      frame.bitmap.close();
+      return;
+    }
+    if (forced) this.forced += 1;
     this.draw(frame);
     frame.bitmap.close();
+    this.lastDrawnMs = now;
+    this.shown += 1;
     this.lastShownCaptureMs = frame.captureMs;
     this.shownLatencyMs.push(now - frame.captureMs);
     if (heard !== null) this.pendingSkew.push({ captureMs: frame.captureMs, shownMs: now });
@@ -322,6 +386,14 @@ export class VideoPlayout {
     });
   }
 
+  /** 90th percentile of how late recent frames arrived for their sound, or null with too few frames. */
+  recentLatenessMs(now) {
+    this.lateness = this.lateness.filter((l) => now - l.t < LATENESS_WINDOW_MS);
+    if (this.lateness.length < LATENESS_MIN_FRAMES) return null;
+    const sorted = this.lateness.map((l) => l.lateMs).sort((a, b) => a - b);
+    return sorted[Math.floor(0.9 * (sorted.length - 1))];
+  }
+
   discard(frame) {
     this.skipped += 1;
     frame.bitmap.close();
@@ -332,6 +404,19 @@ export class VideoPlayout {
     for (const frame of this.queue) frame.bitmap.close();
     this.queue = [];
     this.pendingSkew = [];
+    this.lateness = [];
     this.lastShownCaptureMs = null;
   }
+}
+
+/**
+ * Lip sync when the picture is the slower stream: the voice is held back (up to MAX_LIP_SYNC_MS) until recent
+ * frames (90th percentile) arrive no later than their sound is heard; the hold is released again as the picture
+ * catches up. Only a picture slower than the voice costs voice latency.
+ */
+export function nextLipSyncMs(currentMs, latenessMs) {
+  if (latenessMs === null) return currentMs;
+  if (latenessMs > LATE_TOLERANCE_MS) return Math.min(MAX_LIP_SYNC_MS, currentMs + latenessMs);
+  if (latenessMs < -EARLY_MARGIN_MS) return Math.max(0, currentMs - Math.min(-latenessMs - EARLY_MARGIN_MS / 2, 100));
+  return currentMs;
 }

@@ -71,16 +71,35 @@ export function overlayRows(m) {
     ["voice delay mouth→ear", `${fmt(t.mouthToEarP50)} / p95 ${fmt(t.mouthToEarP95)} ms`],
     ["lip sync skew p50 / p99", `${fmt(t.avSkewP50)} / ${fmt(t.avSkewP99)} ms`],
     ["converter hold-back", `${fmt(t.holdBackMs)} ms`],
+    ["voice held for the picture", `${fmt(t.lipSyncMs)} ms`],
     ["ping RTT", `${fmt(m.rttMs)} ms`],
     ["frames dropped (server)", fmt(total(pick(s, "frames_dropped", "dropped", "drops")))],
-    ["frames held back / skipped", `${fmt(m.framesSkipped)} / ${fmt(m.framesSkippedAtPlayout)}`],
+    ["frames held back / skipped / late", `${fmt(m.framesSkipped)} / ${fmt(t.framesSkipped)} / ${fmt(t.framesLate)}`],
     ["degrade level", fmt(pick(s, "degrade_level", "degrade"))],
     ["voice runtime / real", fmt(pick(s, "runtime_ratio", "voice_runtime_ratio", "audio_runtime_ratio", "rtf"), 2)],
     ["audio chunks sent / back", `${fmt(m.audioChunksSent)} / ${fmt(m.audioChunksReceived)}`],
     ["audio gaps / dropped / trimmed", `${fmt(m.audioUnderruns)} / ${fmt(m.audioDropped)} / ${fmt(m.audioTrimmedMs)} ms`],
-    ["audio queued", `${fmt(m.audioAheadMs)} ms`],
+    ["audio queued now / wait p50", `${fmt(m.audioAheadMs)} / ${fmt(t.queueWaitP50)} ms`],
     ["sending", `${level(m.video)}, ${m.audioSendChunkMs} ms chunks (server block ${m.audioChunkMs} ms)`],
   ];
+}
+
+/** `hello.backends` as list items: each stage's backend, whether it is a model or the embedded default, and why. */
+export function backendsHtml(backends) {
+  const rows = [];
+  for (const [stage, info] of Object.entries(backends)) {
+    if (stage === "voices") continue;
+    if (info && typeof info === "object") {
+      const kind = info.ready === false ? "not ready" : info.fallback ? "embedded default" : "model";
+      const why = info.reason ? `<br><small>${escapeHtml(info.reason)}</small>` : "";
+      rows.push(`<li><b>${escapeHtml(stage)}</b>: ${escapeHtml(info.name ?? "?")} (${kind})${why}</li>`);
+    } else {
+      rows.push(`<li><b>${escapeHtml(stage)}</b>: ${escapeHtml(String(info))}</li>`);
+    }
+  }
+  const voices = backends.voices;
+  if (Array.isArray(voices) && voices.length) rows.push(`<li><b>voice models</b>: ${escapeHtml(voices.join(", "))}</li>`);
+  return rows.join("");
 }
 
 export function renderRows(tableBody, rows) {

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import pytest
 import soxr
 from skimage import data as skdata
 
-from tests.e2e.echo_server import EchoServer
+from tests.e2e.echo_server import EchoServer, make_token
 
 CHROMIUM = Path("/usr/bin/chromium")
-USE_REAL_SERVER = True  # True: the real Serve application (tests/conftest.py `serve_app`); False: the echo server
+# The real Serve application (tests/conftest.py `serve_app`), or the echo server with MIRAGE_E2E_SERVER=echo
+USE_REAL_SERVER = os.environ.get("MIRAGE_E2E_SERVER", "real") != "echo"
 
 VIDEO_W, VIDEO_H, VIDEO_FRAMES, VIDEO_FPS = 640, 480, 8, 10
 WAV_RATE_HZ = 48000
@@ -130,6 +132,15 @@ def mirage_base_url(request: pytest.FixtureRequest, echo_server: EchoServer | No
         url = str(request.getfixturevalue("serve_app").url)
         return url if url.endswith("/") else url + "/"
     return echo_server.base_url
+
+
+@pytest.fixture(scope="session")
+def new_token(request: pytest.FixtureRequest, echo_server: EchoServer | None) -> Callable[[str], str]:
+    """A function giving a fresh valid token for the server under test (subject as given)."""
+    if echo_server is None:
+        app = request.getfixturevalue("serve_app")
+        return lambda sub: app.token(sub=sub)
+    return make_token
 
 
 @pytest.fixture(scope="session")

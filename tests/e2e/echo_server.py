@@ -51,7 +51,14 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "pitch_semitones": (-24.0, 24.0),
     "formant_shift": (0.5, 2.0),
 }
-VOICE_PRESETS = ("neutral", "deeper", "brighter", "much-deeper", "higher", "octave-down")
+VOICE_PRESETS = {  # name -> (pitch_semitones, formant_shift), as mirage_ray/voice/presets.py
+    "neutral": (0.0, 1.0),
+    "deeper": (-4.0, 0.9),
+    "brighter": (4.0, 1.12),
+    "much-deeper": (-7.0, 0.85),
+    "higher": (7.0, 1.18),
+    "octave-down": (-12.0, 1.0),
+}
 HELLO_VIDEO = {"width": 512, "height": 512, "fps": 20, "jpeg_quality": 85}
 HELLO_SETTINGS = {
     "max_faces": 1,
@@ -97,6 +104,7 @@ class EchoRecord:
 
     sessions: int = 0
     live_sessions: int = 0
+    page_tokens: int = 0  # GET v1/page-token answered with a token
     frames: int = 0
     frame_sizes: list[tuple[int, int]] = field(default_factory=list)
     video_seqs: list[int] = field(default_factory=list)
@@ -247,6 +255,12 @@ class EchoSession:
                     self.record.settings[key] = value
                     self.settings[key] = value
                     applied.append(key)
+                    if key == "voice":  # a preset sets pitch and formant unless the same message sets them
+                        pitch, formant = VOICE_PRESETS[value]
+                        for name, preset in (("pitch_semitones", pitch), ("formant_shift", formant)):
+                            if name not in msg:
+                                self.settings[name] = preset
+                                applied.append(name)
             if applied:
                 await self.ws.send_json({"type": "settings", "applied": sorted(applied), **self.settings})
 
@@ -293,6 +307,7 @@ def build_app(record: EchoRecord, options: EchoOptions = EchoOptions()) -> Starl
     async def page_token(_request: object) -> JSONResponse:
         if not options.page_token:
             return JSONResponse({"detail": "not found"}, status_code=404)
+        record.page_tokens += 1
         return JSONResponse({"token": make_token("local-page"), "expires_in": TOKEN_TTL_S})
 
     async def ws_endpoint(websocket: WebSocket) -> None:

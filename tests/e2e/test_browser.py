@@ -1,11 +1,16 @@
 """The browser page against a protocol server, in a real headless chromium with a fake camera and microphone.
 
-Waits are bounded (so a broken page fails instead of hanging) but nothing asserts on timing.
+Waits are bounded (so a broken page fails instead of hanging). The timing figures come from the page's own
+measurements (``window.mirage.timing``): lip-sync skew at playout and mouth-to-ear latency; they are printed
+(``pytest -s``) and bounded.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,13 +18,37 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import Media
-from tests.e2e.echo_server import DIRECTIVE, HEADER, EchoOptions, EchoServer, make_token
+from tests.e2e.echo_server import DIRECTIVE, HEADER, PAUSED_DIRECTIVE, EchoOptions, EchoServer, make_token
 
 pytestmark = pytest.mark.e2e
 
 WAIT_MS = 30_000
+SETTLE_MS = 120_000  # timing figures need a few seconds of speech and frames; the real app on 2 CPUs is slow
 PCM16_FULL_SCALE = 32768
 MIN_SPEECH_RMS = 0.01  # -40 dBFS: the espeak-ng WAV is speech, a missing fake-audio file would give zeros
+MAX_AV_SKEW_P99_MS = 150  # the issue's goal: picture within 150 ms of its sound at playout (p99)
+# Mouth-to-ear (capture -> converted sound heard). The issue's goal is 200 ms; what the page can reach is the server's
+# block (192 ms with the embedded defaults until it shrinks) + half a block waiting for the completing chunk +
+# conversion + the playback margin + output latency + the converter's hold-back; see docs/client.md for the figures.
+MAX_MOUTH_TO_EAR_MS = 1000
+# What the page itself adds: arrival -> heard (the playout queue + the output device). The seed's page queued a whole
+# chunk plus a fixed jitter buffer (~300 ms); the queue now holds the arrival jitter plus the 40 ms margin.
+MAX_QUEUE_WAIT_MS = 300
+MIN_SKEW_SAMPLES = 100
+MIN_DELAY_SAMPLES = 30
+VOICE_PRESETS = ["neutral", "deeper", "brighter", "much-deeper", "higher", "octave-down"]
+# what each control holds, per setting, and how close it must be to the server's value (a range input's step)
+CONTROLS = {
+    "max_faces": ("#maxFaces", 0),
+    "swap": ("#swap", None),
+    "enhance": ("#enhance", None),
+    "fidelity": ("#fidelity", 0.005),
+    "pitch_semitones": ("#pitch", 0.05),
+    "formant_shift": ("#formant", 0.005),
+    "voice": ("#voice", None),
+}
+SCREENSHOT_DIR = os.environ.get("MIRAGE_SCREENSHOT_DIR")  # set to docs/screenshots to refresh the README's pictures
+LIVE = "(m.state === 'streaming' || m.state === 'degraded')"
 
 
 @pytest.fixture
@@ -39,12 +68,12 @@ def _mirage(page: object) -> dict:
     return page.evaluate("() => window.mirage")
 
 
-def _wait_js(page: object, condition: str) -> None:
-    page.wait_for_function(f"() => {{ const m = window.mirage; return {condition}; }}", timeout=WAIT_MS)
+def _wait_js(page: object, condition: str, timeout_ms: int = WAIT_MS) -> None:
+    page.wait_for_function(f"() => {{ const m = window.mirage; return {condition}; }}", timeout=timeout_ms)
 
 
-def _wait_until(page: object, predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_MS / 1000
+def _wait_until(page: object, predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
@@ -56,14 +85,82 @@ def _change(page: object, selector: str, value: str) -> None:
     page.dispatch_event(selector, "change")
 
 
-def test_page_streams_echoes_and_controls(
-    page: object, e2e_media: Media, echo_server: EchoServer | None, tmp_path: Path
+def _controls(page: object) -> dict[str, object]:
+    """What the settings controls show, read from the DOM (what a person sees)."""
+    return page.evaluate(
+        """(ids) => Object.fromEntries(Object.entries(ids).map(([key, sel]) => {
+            const input = document.querySelector(sel);
+            const value = input.type === 'checkbox' ? input.checked
+                : input.tagName === 'SELECT' ? input.value : Number(input.value);
+            return [key, value];
+        }))""",
+        {key: sel for key, (sel, _) in CONTROLS.items()},
+    )
+
+
+def _assert_controls_show(page: object, settings: dict[str, object]) -> None:
+    shown = _controls(page)
+    for key, (_, tolerance) in CONTROLS.items():
+        if key not in settings:
+            continue
+        want = settings[key]
+        if tolerance is None or not isinstance(want, int | float) or isinstance(want, bool):
+            assert shown[key] == (want if want is not None else ""), f"{key}: control {shown[key]!r}, server {want!r}"
+        else:
+            assert abs(shown[key] - want) <= tolerance, f"{key}: control {shown[key]!r}, server {want!r}"
+
+
+def _server_sessions(base_url: str) -> int:
+    with urllib.request.urlopen(base_url + "v1/stats", timeout=10) as res:
+        return int(json.loads(res.read())["sessions"])
+
+
+def _save_screenshot(page: object, name: str, tmp_path: Path) -> Path:
+    folder = Path(SCREENSHOT_DIR) if SCREENSHOT_DIR else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def _percentile(values: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(values, np.float64), p))
+
+
+def test_page_streams_in_sync_and_follows_the_server(
+    page: object,
+    e2e_media: Media,
+    echo_server: EchoServer | None,
+    mirage_base_url: str,
+    new_token: Callable[[str], str],
+    tmp_path: Path,
 ) -> None:
+    assert page.is_checked("#echoCancel")  # echo cancellation is on by default, with the headphone hint
+    assert "headphones" in page.inner_text("#devicesHint")
     page.click("#start")
-    _wait_js(page, "m.state === 'streaming' && m.hello !== null")
-    hello = _mirage(page)["hello"]
+    _wait_js(page, f"{LIVE} && m.hello !== null")
+    m = _mirage(page)
+    hello = m["hello"]
     assert hello["protocol"] == 1
-    assert _mirage(page)["audioChunkMs"] == hello["audio"]["chunk_ms"]
+    assert m["audioChunkMs"] == hello["audio"]["chunk_ms"]
+
+    # The controls show the server's starting settings, offer its voices, and grey out a missing enhancer.
+    assert set(hello["settings"]) >= set(CONTROLS)
+    _assert_controls_show(page, hello["settings"])
+    voices = page.eval_on_selector_all("#voice option", "els => els.map(e => e.value)")
+    assert set(VOICE_PRESETS + list(hello["backends"].get("voices", []))) <= set(voices)
+    enhancer = hello["backends"]["enhancer"]
+    has_enhancer = enhancer.get("ready", True) and not enhancer.get("fallback", False) and enhancer["name"] != "none"
+    assert page.is_disabled("#enhance") is not has_enhancer and page.is_disabled("#fidelity") is not has_enhancer
+    # The echo cancellation the page asked for is what the microphone track runs with.
+    assert (
+        page.evaluate(
+            "() => document.getElementById('camera').srcObject.getAudioTracks()[0].getSettings().echoCancellation"
+        )
+        is True
+    )
+    assert len(page.eval_on_selector_all("#micSelect option", "els => els")) > 1  # devices listed once allowed
 
     # Media flows both ways; the fake microphone's speech reaches the wire.
     _wait_js(page, "m.framesReceived >= 10 && m.audioSamplesReceived > 0 && m.lastStats !== null")
@@ -71,9 +168,9 @@ def test_page_streams_echoes_and_controls(
     assert m["framesSent"] >= m["framesReceived"] >= 10
     assert m["audioSamplesSent"] % 160 == 0 and m["audioSamplesSent"] >= m["audioSamplesReceived"] > 0
     assert m["sentAudioPeakRms"] > MIN_SPEECH_RMS
-    assert m["latencyMs"] is not None and m["latencyMs"] >= 0
     # No reference yet: video comes back unswapped, flagged, and the page shows the badge.
-    assert m["passthrough"] is True and page.is_visible("#badge")
+    _wait_js(page, "m.passthrough === true")
+    assert page.is_visible("#badge")
 
     # The returned frame is drawn: the output canvas holds a real picture, not a blank.
     spread = page.evaluate(
@@ -97,49 +194,187 @@ def test_page_streams_echoes_and_controls(
     _wait_js(page, "m.lastReference.ok === false")
     assert page.text_content("#referenceStatus").startswith("error")
 
-    # Settings: valid changes go out; an out-of-range value is answered by an error shown in the log.
-    _change(page, "#maxFaces", "2")
-    page.check("#enhance")
-    _wait_js(page, "m.settingsSent.max_faces === 2 && m.settingsSent.enhance === true")
-    errors_before = len(_mirage(page)["errors"])
-    _change(page, "#maxFaces", "99")
-    _wait_js(page, f"m.errors.length > {errors_before}")
-    assert "error" in page.inner_text("#log")
-
+    _check_settings_round_trips(page)
+    _check_timing(page)
     _wait_js(page, "m.rttMs !== null")
-    shot = tmp_path / "mirage_page.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    _save_screenshot(page, "page-streaming.png", tmp_path)
 
     if echo_server is not None:
         _check_echo_server_view(page, echo_server)
+    _check_one_session_on_connect(page, mirage_base_url, new_token)
+
+    # No raw JSON in the log: every line is a sentence.
+    assert "{" not in page.inner_text("#log")
 
     page.click("#stop")
     _wait_js(page, "m.state === 'stopped' && m.closeCode === 1000")
+    _check_cleared_after_stop(page)
+
+
+def _check_settings_round_trips(page: object) -> None:
+    """Changes go out, the server's answers land in the controls; a refused value puts the server's value back."""
+    before = len(_mirage(page)["settings"])
+    assert before
+    _change(page, "#pitch", "3")
+    _wait_js(page, "m.settings.pitch_semitones === 3")
+    _assert_controls_show(page, _mirage(page)["settings"])
+
+    # A preset sets pitch and formant on the server; the sliders follow its answer.
+    page.select_option("#voice", "brighter")
+    _wait_js(page, "m.settings.voice === 'brighter'")
+    settings = _mirage(page)["settings"]
+    assert settings["pitch_semitones"] == 4 and abs(settings["formant_shift"] - 1.12) < 1e-6
+    _assert_controls_show(page, settings)
+
+    # The faces box is clamped to the server's range: 20 becomes 16, which the server applies.
+    _change(page, "#maxFaces", "20")
+    assert page.input_value("#maxFaces") == "16"
+    _wait_js(page, "m.settingsSent.max_faces === 16 && m.settings.max_faces === 16")
+
+    # A value the server refuses (a voice it does not know): error, and the control shows the server's value again.
+    errors_before = len(_mirage(page)["errors"])
+    page.evaluate("() => document.getElementById('voice').append(new Option('no-such-voice', 'no-such-voice'))")
+    page.select_option("#voice", "no-such-voice")
+    _wait_js(page, f"m.errors.length > {errors_before}")
+    error = _mirage(page)["errors"][-1]
+    assert error["code"] == "bad_setting"
+    _wait_js(page, "document.getElementById('voice').value === 'brighter'")
+    _assert_controls_show(page, _mirage(page)["settings"])
+    assert "refused" in page.inner_text("#log")
+
+
+def _check_timing(page: object) -> None:
+    """Lip sync at playout and mouth-to-ear latency, from the page's own measurements."""
+    _wait_js(
+        page,
+        f"m.timing.avSkewMs.length >= {MIN_SKEW_SAMPLES} && m.timing.audioDelayMs.length >= {MIN_DELAY_SAMPLES}"
+        " && m.timing.holdBackMs !== null",
+        SETTLE_MS,
+    )
+    page.wait_for_timeout(5000)  # a few more seconds of steady state
+    m = _mirage(page)
+    t = m["timing"]
+    skew = t["avSkewMs"]
+    hold = t["holdBackMs"]
+    mouth_to_ear = [d + hold for d in t["audioDelayMs"][-MIN_DELAY_SAMPLES:]]
+    queue_wait = t["queueWaitMs"][-MIN_DELAY_SAMPLES:]
+    figures = {
+        "av_skew_p50_ms": _percentile(skew, 50),
+        "av_skew_abs_p99_ms": _percentile(np.abs(skew).tolist(), 99),
+        "mouth_to_ear_p50_ms": _percentile(mouth_to_ear, 50),
+        "mouth_to_ear_p95_ms": _percentile(mouth_to_ear, 95),
+        "queue_wait_p50_ms": _percentile(queue_wait, 50),
+        "hold_back_ms": hold,
+        "lip_sync_hold_ms": t["lipSyncMs"],
+        "server_block_ms": m["audioChunkMs"],
+        "sent_chunk_ms": m["audioSendChunkMs"],
+        "picture_shown_p50_ms": t["videoShownP50"],
+        "audio_queued_ms": m["audioAheadMs"],
+        "trimmed_ms": m["audioTrimmedMs"],
+        "underruns": m["audioUnderruns"],
+        "skew_samples": len(skew),
+        "frames_shown": t["framesShown"],
+        "frames_late": t["framesLate"],
+    }
+    print("page timing:", json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}))
+    assert figures["av_skew_abs_p99_ms"] <= MAX_AV_SKEW_P99_MS, figures
+    assert figures["mouth_to_ear_p50_ms"] <= MAX_MOUTH_TO_EAR_MS, figures
+    assert figures["queue_wait_p50_ms"] <= MAX_QUEUE_WAIT_MS, figures
+    assert t["framesLate"] < t["framesShown"] / 4, figures  # sync is not bought by skipping the picture
+    # The page shows the figures it measured.
+    assert page.text_content("#m2e").endswith("ms") and page.text_content("#avSkew").endswith(")")
+
+
+def _check_one_session_on_connect(page: object, base_url: str, new_token: Callable[[str], str]) -> None:
+    """Connect while streaming never leaves two sessions: same token = nothing to do; a new token replaces it."""
+    opened = _mirage(page)["socketsOpened"]
+    session = _mirage(page)["hello"]["session_id"]
+    assert _server_sessions(base_url) == 1
+    if not page.is_visible("#tokenConnect"):  # local page-token mode hides the field; a pasted token still works
+        page.evaluate("() => { document.getElementById('tokenRow').hidden = false; }")
+    page.click("#tokenConnect")
+    page.wait_for_timeout(1000)
+    assert _mirage(page)["socketsOpened"] == opened and _server_sessions(base_url) == 1
+
+    page.fill("#token", new_token("e2e-second"))
+    page.click("#tokenConnect")
+    _wait_js(page, f"{LIVE} && m.hello.session_id !== '{session}'")
+    assert _mirage(page)["socketsOpened"] == opened + 1
+    _wait_until(page, lambda: _server_sessions(base_url) == 1, "exactly one session on the server", 5)
+    page.wait_for_timeout(1000)
+    assert _server_sessions(base_url) == 1
+    # The new session gets the settings the user changed, and the controls show the server's answer.
+    _wait_js(page, "m.settings.voice === 'brighter' && m.settings.max_faces === 16")
+    _assert_controls_show(page, _mirage(page)["settings"])
+
+
+def _check_cleared_after_stop(page: object) -> None:
+    blank = page.evaluate(
+        """() => { const c = document.getElementById('output');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   return d.every((v) => v === 0); }"""
+    )
+    assert blank
+    m = _mirage(page)
+    assert m["lastStats"] is None and m["timing"]["audioDelayMs"] == [] and m["latencyMs"] is None
+    assert page.evaluate("() => document.getElementById('level').value") == 0
+    assert page.text_content("#m2e") == "–" and page.text_content("#statsRaw") == ""
+    assert not page.is_visible("#badge") and not page.is_visible("#degraded")
 
 
 def _check_echo_server_view(page: object, server: EchoServer) -> None:
     """What only the echo server can tell: frame sizes, chunk lengths, settings received, directive applied."""
     record = server.record
-    _wait_until(page, lambda: record.settings.get("max_faces") == 2, "the max_faces setting at the server")
-    assert record.settings.get("enhance") is True
+    _wait_until(page, lambda: record.settings.get("max_faces") == 16, "the max_faces setting at the server")
     assert record.frame_sizes[0] == (512, 512)
-    assert record.audio_chunk_lengths[0] == 100 * 16  # hello's chunk_ms
+    assert record.audio_chunk_lengths[0] == 100 * 16  # hello's chunk_ms, a whole number of 10 ms frames
     assert record.audio_peak > MIN_SPEECH_RMS * PCM16_FULL_SCALE
     seqs = record.video_seqs[:50]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # +1 per frame
     # Capture times are wall-clock µs: same machine, so arrival − capture is small and never negative by much.
     assert all(-50_000 < skew < 5_000_000 for skew in record.clock_skews_us)
 
-    # After the directive the page sends what it was told.
-    _wait_js(page, "m.directives.length > 0 && m.passthrough === false")
+    # After the directive the page sends what it was told, and says it is degraded.
+    _wait_js(page, "m.directives.length > 0")
     video = DIRECTIVE["video"]
     want_size = (video["width"], video["height"])
     want_chunk = DIRECTIVE["audio_chunk_ms"] * 16
     _wait_until(page, lambda: record.frame_sizes[-1] == want_size, "frames at the directed size")
     _wait_until(page, lambda: record.audio_chunk_lengths[-1] == want_chunk, "audio chunks at the directed size")
     assert set(record.audio_chunk_lengths) <= {100 * 16, want_chunk}
-    assert _mirage(page)["video"] == video
+    assert {k: _mirage(page)["video"][k] for k in video} == video
+    _wait_js(page, "m.state === 'degraded'")
+    assert "video reduced to 256×256" in page.inner_text("#degraded")
+
+
+def test_page_shows_degraded_state(
+    page: object, e2e_media: Media, echo_server: EchoServer | None, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A slowed swapper (real app) or the echo server's directive: the page says 'degraded' and why, in words."""
+    page.click("#start")
+    _wait_js(page, f"{LIVE} && m.hello !== null")
+    page.set_input_files("#reference", str(e2e_media.reference_jpeg))
+    _wait_js(page, "m.passthrough === false")
+    slow = None
+    if echo_server is None:
+        from tests.integration.client import set_stage_delay
+
+        app = request.getfixturevalue("serve_app")
+        slow = lambda ms: set_stage_delay(app, "Swapper", ms)  # noqa: E731
+        slow(250.0)
+    try:
+        _wait_js(page, "m.state === 'degraded' && m.degradedReasons.some((r) => r.startsWith('video reduced'))", 90_000)
+        page.wait_for_timeout(1500)
+        status = page.text_content("#status")
+        assert status.startswith("degraded — ") and page.is_visible("#degraded")
+        assert "full: 512×512" in page.inner_text("#degraded")
+        assert "video level now / full" in page.inner_text("#overlay")
+        _save_screenshot(page, "page-degraded.png", tmp_path)
+    finally:
+        if slow is not None:
+            slow(0.0)
+    page.click("#stop")
+    _wait_js(page, "m.state === 'stopped'")
 
 
 def test_page_reports_failed_authentication(blank_page: object, mirage_base_url: str) -> None:
@@ -162,14 +397,21 @@ def variant_server(request: pytest.FixtureRequest) -> Iterator[EchoServer]:
     server.stop()
 
 
-@pytest.mark.parametrize("variant_server", [EchoOptions(reject_first=1, reject_code=1013)], indirect=True)
-def test_page_reconnects_after_capacity_close(blank_page: object, variant_server: EchoServer) -> None:
+@pytest.mark.parametrize(
+    "variant_server",
+    [EchoOptions(reject_first=1, reject_code=1013), EchoOptions(reject_first=1, reject_code=4001)],
+    indirect=True,
+    ids=["capacity", "token-expired"],
+)
+def test_page_reconnects_with_a_fresh_token(blank_page: object, variant_server: EchoServer) -> None:
     page = blank_page
     page.goto(variant_server.base_url)
     page.click("#start")
-    _wait_js(page, "m.state === 'streaming' && m.hello.session_id === 'echo-2'")
-    assert _mirage(page)["closeCode"] == 1013
-    assert "at capacity" in page.inner_text("#log")
+    _wait_js(page, f"{LIVE} && m.hello.session_id === 'echo-2'")
+    code = _mirage(page)["closeCode"]
+    assert code in (1013, 4001)
+    assert ("at capacity" if code == 1013 else "token expired") in page.inner_text("#log")
+    assert variant_server.record.page_tokens == 2  # each attempt fetched its own page token
     _wait_js(page, "m.framesReceived > 0")
 
 
@@ -181,9 +423,29 @@ def test_page_asks_for_a_token_when_the_server_hands_none_out(blank_page: object
     page.click("#start")
     _wait_js(page, "m.state === 'need-token'")
     assert page.is_visible("#token")
+    assert "mirage-ray token --sub" in page.inner_text("#tokenHelp")  # says how to get one
     page.fill("#token", make_token())
     page.click("#tokenConnect")
-    _wait_js(page, "m.state === 'streaming' && m.framesReceived > 0")
+    _wait_js(page, f"{LIVE} && m.framesReceived > 0")
+    page.click("#tokenConnect")  # the same token again while streaming: still one session
+    page.wait_for_timeout(500)
+    assert variant_server.record.live_sessions == 1 and _mirage(page)["socketsOpened"] == 1
+
+
+@pytest.mark.parametrize("variant_server", [EchoOptions(directive=PAUSED_DIRECTIVE)], indirect=True)
+def test_page_shows_paused_video(blank_page: object, variant_server: EchoServer) -> None:
+    """The server's last rung (video.fps 0, paused): the page stops sending frames and says why."""
+    page = blank_page
+    page.goto(variant_server.base_url)
+    page.click("#start")
+    _wait_js(page, "m.video.paused === true && m.degradedReasons.some((r) => r.startsWith('video paused'))")
+    assert "video paused to keep the voice in time" in page.text_content("#status")  # the first reason shown
+    page.wait_for_timeout(300)
+    sent = _mirage(page)["framesSent"]
+    page.wait_for_timeout(1500)
+    m = _mirage(page)
+    assert m["framesSent"] == sent and m["audioChunksReceived"] > 0  # no video sent; the voice goes on
+    assert "paused" in page.inner_text("#log")
 
 
 @pytest.mark.parametrize("context_rate", [48000, 44100])
