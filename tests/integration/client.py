@@ -26,6 +26,7 @@ class Client:
         self.json: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.media: dict[Kind, list[protocol.Media]] = defaultdict(list)
         self._arrived = asyncio.Event()
+        self._arrivals = 0
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -41,6 +42,8 @@ class Client:
                     self.media[media.kind].append(media)
                 else:
                     message = json.loads(raw)
+                    message["_arrival"] = self._arrivals  # order across message types
+                    self._arrivals += 1
                     self.json[message["type"]].append(message)
                 self._arrived.set()
         except websockets.ConnectionClosed:

@@ -1,0 +1,63 @@
+"""The CPU profile (serve_config.cpu.yaml, what `make run` serves without a GPU): every deployment RUNNING, the
+embedded detector and swapper placed in the ingress process, a session swapped and converted end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import cv2
+import httpx
+import pytest
+
+from actors.launch import launched
+from mirage_ray.codec import float_to_pcm16
+from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind
+from tests.conftest import REPO_ROOT, START_TIMEOUT_S, TEST_JWT_SECRET, ServeApp
+from tests.integration.client import Client
+from tests.media import insightface_image, moving_face_frames
+from tests.speech import speech
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cpu_app() -> Iterator[ServeApp]:
+    config = REPO_ROOT / "serve_config.cpu.yaml"
+    env = {"MIRAGE_JWT_SECRET": TEST_JWT_SECRET}
+    with launched(config, num_cpus=2, num_gpus=0, env=env, timeout_s=START_TIMEOUT_S) as ready:
+        yield ServeApp(
+            url=ready["url"],
+            ws_url=ready["url"].replace("http://", "ws://") + "ws",
+            ray_address=ready["ray_address"],
+            metrics_port=ready["metrics_port"],
+            deployments=ready["deployments"],
+        )
+
+
+async def test_cpu_profile_swaps_and_converts_with_local_stages(cpu_app: ServeApp) -> None:
+    assert set(cpu_app.deployments.values()) == {"RUNNING"} and len(cpu_app.deployments) == 5
+    client = await Client.open(cpu_app, cpu_app.token())
+    hello = await client.next_json("hello")
+    assert hello["backends"]["fail_closed_converter"] == "pitch-shift"
+    _, png = cv2.imencode(".png", insightface_image("Tom_Hanks_54745.png"))
+    await client.send(Kind.REFERENCE, 0, 0, png.tobytes())
+    assert (await client.next_json("reference", 60))["ok"] is True
+    frames = moving_face_frames(20, step_px=2)
+    voice = speech()
+    start = time.monotonic()
+    for seq in range(20):
+        await client.send(Kind.VIDEO, seq, int((time.monotonic() - start) * 1e6), frames[seq])
+        if seq % 4 == 3:
+            chunk = voice[(seq // 4) * 3200 : (seq // 4 + 1) * 3200]
+            await client.send(Kind.AUDIO, seq // 4, int((time.monotonic() - start) * 1e6), float_to_pcm16(chunk))
+        await asyncio.sleep(0.05)
+    await client.wait_for(lambda: len(client.media[Kind.VIDEO]) >= 10, 30, "10 video replies")
+    await client.wait_for(lambda: len(client.media[Kind.AUDIO]) >= 3, 30, "3 audio blocks")
+    swapped = [m for m in client.media[Kind.VIDEO] if not m.flags & FLAG_PASSTHROUGH]
+    assert len(swapped) >= 8  # swapped by the swapper placed in the ingress
+    assert all(not m.flags & FLAG_PASSTHROUGH for m in client.media[Kind.AUDIO])  # converted by the Voice deployment
+    stats = httpx.get(cpu_app.url + "v1/stats", timeout=10).json()
+    assert stats["admission"]["capacity"] == 4 and stats["admission"]["scope"] == "application"
+    await client.close()
