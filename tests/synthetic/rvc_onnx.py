@@ -5,6 +5,10 @@ names and shapes read from the model) and compute something checkable:
 
 - ``rmvpe_model``: log-mel ``[1, 128, T]`` → salience ``[1, T, 360]``; a tiny mel projection plus a fixed bump at
   the class of ``f0_hz``, so RMVPE decoding must give that F0 on voiced input.
+- ``rmvpe_mel_model``: the same signature with an output that is a function of the mel, to check the mel that
+  reaches the model: ``"projection"`` is ``sigmoid(mel_t · W + b)`` per frame with a random W (see
+  :func:`mel_projection`), ``"loudest_band"`` puts the salience peak at the pitch class of the frame's loudest mel
+  band (a softmax over bands), so a tone's F0 comes out as the tone's frequency.
 - ``content_model``: audio ``[1, 1, N]`` → ``[1, T, C]`` with T = (N − 400) // 320 + 1, one strided convolution
   (HuBERT's frame geometry), C = 768 or 256.
 - ``generator_model``: the RVC export signature (``phone``/``feats`` [1,T,C] f32, ``phone_lengths``/``p_len`` [1]
@@ -79,6 +83,64 @@ def rmvpe_model(f0_hz: float = 220.0, time_major: bool = False, seed: int = 0) -
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, "T", N_CLASSES])],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+
+
+MEL_MODEL_KINDS = ("projection", "loudest_band")
+LOUDEST_BAND_SHARPNESS = 4.0  # softmax gain over the log-mel bands
+LOUDEST_BAND_WIDTH_CLASSES = 2.0  # Gaussian width of a band's salience bump
+
+
+def mel_projection(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(W [128, 360], b [360]) of the ``"projection"`` mel model: logits of a few units from log-mels of speech."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((N_MELS, N_CLASSES)) * 0.03).astype(np.float32)
+    bias = (rng.standard_normal(N_CLASSES) * 0.5).astype(np.float32)
+    return weight, bias
+
+
+def mel_band_centres_hz(fmin: float = 30.0, fmax: float = 8000.0) -> np.ndarray:
+    """Centre frequencies of RMVPE's 128 HTK-mel bands (30-8000 Hz)."""
+    mel = np.linspace(2595.0 * np.log10(1.0 + fmin / 700.0), 2595.0 * np.log10(1.0 + fmax / 700.0), N_MELS + 2)
+    return (700.0 * (10.0 ** (mel / 2595.0) - 1.0))[1:-1]
+
+
+def rmvpe_mel_model(kind: str = "projection", time_major: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """RMVPE-signature model whose salience is a function of its log-mel input; see the module docstring."""
+    if kind not in MEL_MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MEL_MODEL_KINDS}, not {kind!r}")
+    in_shape = [1, "T", N_MELS] if time_major else [1, N_MELS, "T"]
+    nodes = [] if time_major else [helper.make_node("Transpose", ["input"], ["mel_t"], perm=[0, 2, 1])]
+    mel = "input" if time_major else "mel_t"
+    if kind == "projection":
+        weight, bias = mel_projection(seed)
+        nodes += [
+            helper.make_node("MatMul", [mel, "w"], ["proj"]),
+            helper.make_node("Add", ["proj", "b"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["output"]),
+        ]
+        inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    else:
+        classes = np.arange(N_CLASSES)
+        centre_classes = [class_of_f0(f) for f in mel_band_centres_hz()]
+        bumps = np.exp(
+            -0.5 * ((classes[None, :] - np.array(centre_classes)[:, None]) / LOUDEST_BAND_WIDTH_CLASSES) ** 2
+        )
+        nodes += [
+            helper.make_node("Mul", [mel, "sharpness"], ["sharp"]),
+            helper.make_node("Softmax", ["sharp"], ["band_weights"], axis=-1),
+            helper.make_node("MatMul", ["band_weights", "bumps"], ["output"]),
+        ]
+        inits = [
+            numpy_helper.from_array(np.array(LOUDEST_BAND_SHARPNESS, np.float32), "sharpness"),
+            numpy_helper.from_array(bumps.astype(np.float32), "bumps"),
+        ]
+    return _model(
+        nodes,
+        f"rmvpe_{kind}_synthetic",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, "T", N_CLASSES])],
+        inits,
     )
 
 
