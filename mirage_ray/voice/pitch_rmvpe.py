@@ -1,6 +1,7 @@
 """RMVPE pitch (F0) from the ONNX export RVC uses: the log-mel is built here, the network maps it to salience.
 
-RVC's ``rmvpe.onnx`` takes a log-mel spectrogram ``[1, 128, T]`` (frames padded to a multiple of 32) and returns a
+RVC's ``rmvpe.onnx`` takes a log-mel spectrogram ``[1, 128, T]`` (frames padded with zeros to a multiple of 32, as
+RVC's ``mel2hidden`` does with ``F.pad(mel, (0, n_pad), mode="constant")``) and returns a
 salience map ``[1, T, 360]`` over 360 pitch classes of 20 cents. The mel follows RVC's ``MelSpectrogram``: 16 kHz,
 Hann window 1024, hop 160 (10 ms), centred frames (reflect padding), HTK mel scale 30–8000 Hz with Slaney area
 normalisation, ``log(max(mel, 1e-5))``. Decoding: weighted average of the 9 bins around the peak, unvoiced where the
@@ -85,6 +86,12 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(mel, LOG_CLAMP)).astype(np.float32)
 
 
+def padded_log_mel(audio: np.ndarray) -> np.ndarray:
+    """:func:`log_mel` with zero frames appended up to a multiple of ``FRAME_MULTIPLE``: what the network gets."""
+    mel = log_mel(audio)
+    return np.pad(mel, ((0, 0), (0, -mel.shape[1] % FRAME_MULTIPLE)), mode="constant")
+
+
 _CENTS = CENTS_AT_CLASS0 + CENTS_PER_CLASS * np.arange(N_CLASSES)
 
 
@@ -132,11 +139,8 @@ class RmvpePitch:
 
     def salience(self, audio: np.ndarray) -> np.ndarray:
         """``(len(audio) // 160 + 1, 360)`` salience for 16 kHz audio."""
-        mel = log_mel(audio)
-        n_frames = mel.shape[1]
-        pad = -n_frames % FRAME_MULTIPLE
-        if pad:
-            mel = np.pad(mel, ((0, 0), (0, pad)), mode="reflect" if pad < n_frames else "edge")
+        mel = padded_log_mel(audio)
+        n_frames = len(audio) // HOP + 1
         feed = (mel.T if self._time_major else mel)[None].astype(self._input_dtype)
         out = np.asarray(self.session.run([self._output], {self._input: feed})[0], dtype=np.float32)
         out = out.reshape(out.shape[-2], out.shape[-1])

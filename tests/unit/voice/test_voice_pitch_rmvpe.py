@@ -19,6 +19,7 @@ from mirage_ray.voice.pitch_rmvpe import (
     decode_salience,
     log_mel,
     mel_filterbank,
+    padded_log_mel,
 )
 from tests.speech import speech
 from tests.synthetic import rvc_onnx as syn
@@ -147,3 +148,13 @@ def test_f0_follows_the_tone_through_the_mel(tmp_path, tone_hz):
     inner = f0[10:-10]
     assert np.all(np.abs(1200 * np.log2(inner / tone_hz)) < 100)  # within the band's width of the tone
     assert np.median(inner) == pytest.approx(expected_hz, rel=0.03)
+
+
+@pytest.mark.parametrize("n", [1_120, 4_960, 5_120, 10_016])
+def test_the_network_gets_the_mel_padded_with_zero_frames_to_a_multiple_of_32(n):
+    audio = speech()[:n]
+    padded, mel = padded_log_mel(audio), log_mel(audio)
+    frames = n // 160 + 1
+    assert padded.shape == (128, 32 * -(-frames // 32))
+    np.testing.assert_array_equal(padded[:, :frames], mel)
+    assert not padded[:, frames:].any()  # as RVC's mel2hidden: F.pad(mel, (0, n_pad), mode="constant")
