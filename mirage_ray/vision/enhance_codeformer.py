@@ -2,7 +2,8 @@
 
 Input is aligned 512x512 BGR uint8 face crops (FFHQ template, see ``align.FFHQ_TEMPLATE_512``); the network sees
 RGB in [-1, 1] and runs ``net(x, w=fidelity, adain=True)`` like the reference inference script. Weights and code
-are under the NTU S-Lab License 1.0 (non-commercial).
+are under the NTU S-Lab License 1.0 (non-commercial). Paste the restored crops back under ``align.face_mask(512)``, a
+face-shaped soft mask in FFHQ crop space (the reference uses a face-parsing mask; a square leaves visible edges).
 
 GPU memory: torch's caching allocator is per process and ``torch.cuda.set_per_process_memory_fraction`` is a
 global setting, so this class does not touch it. It bounds its own use instead: at most ``max_batch`` crops go
@@ -83,7 +84,6 @@ class CodeFormerEnhancer:
     """``Enhancer`` backed by CodeFormer; loads weights strictly, so a wrong architecture fails at start."""
 
     name = "codeformer"
-    restores = True
 
     def __init__(
         self,
