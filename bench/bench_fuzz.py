@@ -28,6 +28,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,16 @@ WELL_BEHAVED_AUDIO_BYTES = 2 * 16 * 480  # 480 ms of PCM16 at 16 kHz: completes 
 REPLY_TIMEOUT_S = 30.0  # a probe with no pong and no close by then counts the session as stalled
 DISCONNECT_TIMEOUT_S = 10.0
 CLOSED_BY_FUZZER = 1000
+PARSE_REPEATS = 20
+# the costliest texts of max_json_bytes for the bounded parse: each exercises one part of it
+WORST_CASE_TEXTS: dict[str, Callable[[int], str]] = {
+    "nested arrays": lambda n: "[" * n,
+    "nested objects": lambda n: '{"a":' * (n // 5),
+    "escaped quotes": lambda n: '"' + '\\"' * (n // 2 - 1),
+    "empty strings": lambda n: '""' * (n // 2),
+    "flat array (valid)": lambda n: '{"type":"ping","t":[' + "1," * (n // 2 - 20) + "1]}",
+    "long string (valid)": lambda n: '{"type":"ping","t":"' + "x" * (n - 30) + '"}',
+}
 
 
 class ErrorLog(logging.Handler):
@@ -210,6 +221,21 @@ async def fuzz(count: int, seed: int, batch: int, max_seconds: float) -> Report:
     return report
 
 
+def parse_costs(max_bytes: int) -> dict[str, float]:
+    """Best-of-``PARSE_REPEATS`` milliseconds of :func:`protocol.parse_text` per worst-case text of ``max_bytes``."""
+    costs = {}
+    for name, make in WORST_CASE_TEXTS.items():
+        text = make(max_bytes)[:max_bytes]
+        best = float("inf")
+        for _ in range(PARSE_REPEATS):
+            started = time.perf_counter()
+            with contextlib.suppress(protocol.ProtocolError):
+                protocol.parse_text(text, max_bytes=max_bytes)
+            best = min(best, time.perf_counter() - started)
+        costs[name] = best * 1000.0
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000, help="hostile inputs to send")
@@ -220,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.CRITICAL)  # the service logs every refusal at INFO; the report counts them
     for line in machine_lines():
         print(line)
+    costs = parse_costs(protocol.MAX_JSON_BYTES)
+    print(f"parse_text, worst cases at max_json_bytes={protocol.MAX_JSON_BYTES} (best of {PARSE_REPEATS}, ms):")
+    print("  " + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()))
     report = asyncio.run(fuzz(args.count, args.seed, args.batch, args.max_seconds))
     rate = report.tried / report.seconds if report.seconds else 0.0
     print(f"inputs tried: {report.tried} ({dict(report.by_kind)}) in {report.seconds:.1f} s ({rate:.0f}/s)")
