@@ -207,7 +207,19 @@ def _tool(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
+def pin_ray_auth_mode() -> None:
+    """Say Ray's token-auth mode out loud (default ``disabled``: a loopback head started for this run only).
+
+    With the mode unset, a ``~/.ray/auth_token`` left on the machine (e.g. by ``ray get-auth-token --generate``)
+    turns token auth on in the head while drivers stay without a token, and nothing can connect. Set in this
+    process's environment so that every driver it starts (tests' and benches' helpers too) agrees with the head.
+    ``RAY_AUTH_MODE=token`` in the environment is kept.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
 def _ray_env() -> dict[str, str]:
+    pin_ray_auth_mode()
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts its workers (every Serve replica, the proxy) at nice 15: on a shared machine a browser or any other
@@ -249,6 +261,7 @@ def check_config(config: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    pin_ray_auth_mode()
     gpus = count_gpus() if args.num_gpus is None else args.num_gpus
     source = Path(args.config) if args.config else (GPU_CONFIG if gpus > 0 else CPU_CONFIG)
     cluster = LocalCluster(num_cpus=args.num_cpus or os.cpu_count() or 2, num_gpus=gpus, metrics_port=args.metrics_port)
@@ -318,10 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 class LaunchError(RuntimeError):
     """The application did not come up; the message carries the tail of the launcher's log."""
 
@@ -340,6 +349,7 @@ def launched(
     ray_address, metrics_port, temp_dir, deployments) once every deployment is RUNNING; SIGTERM it at exit.
 
     The path tests and benchmarks share, the same one ``make run`` takes."""
+    pin_ray_auth_mode()
     work = Path(tempfile.mkdtemp(prefix="mirage-launch-"))
     ready_file, log_path = work / "ready.json", work / "launch.log"
     command = [
@@ -372,3 +382,7 @@ def launched(
             if ready_file.exists():  # end that run's cluster only (other Ray instances may share the machine)
                 stop_processes(Path(json.loads(ready_file.read_text())["temp_dir"]))
         shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

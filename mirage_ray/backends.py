@@ -94,6 +94,7 @@ def build_detector(settings: MirageSettings, registry: ModelRegistry) -> tuple[D
         from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 
         detector = RetinaFaceDetector(
+            det_size=settings.embedded_det_size,
             providers=onnx_providers(settings),
             threads=settings.onnx_threads or None,
             score_threshold=settings.det_threshold,

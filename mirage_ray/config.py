@@ -89,6 +89,9 @@ class MirageSettings(BaseSettings):
     max_faces: int = Field(1, ge=1, le=16)
     detect_every: int = Field(5, ge=1, le=100)
     det_size: int = Field(640, ge=128, le=1280)
+    embedded_det_size: int = Field(
+        512, ge=128, le=1280, description="longest image side the embedded RetinaFace detector runs at"
+    )
     det_threshold: float = Field(0.5, ge=0.05, le=0.99)
     detector: DetectorChoice = "auto"
     swapper: SwapperChoice = "auto"
@@ -101,7 +104,6 @@ class MirageSettings(BaseSettings):
     gpu_mem_limit_mb: int = Field(4096, ge=256, le=80_000)
 
     # --- audio ----------------------------------------------------------------------------------
-    sample_rate: Literal[16000] = 16000
     chunk_ms: int = Field(192, ge=40, le=1000)
     min_chunk_ms: int = Field(80, ge=40, le=1000)
     max_chunk_ms: int = Field(480, ge=40, le=1000)
@@ -161,12 +163,6 @@ class MirageSettings(BaseSettings):
     @property
     def is_loopback(self) -> bool:
         return self.host in LOOPBACK_HOSTS
-
-    def with_overrides(self, **overrides: object) -> MirageSettings:
-        """A validated copy with some fields replaced (serve_config.yaml args, tests)."""
-        merged = self.model_dump()
-        merged.update(overrides)
-        return MirageSettings.model_validate(merged)
 
 
 def load_settings(**overrides: object) -> MirageSettings:

@@ -72,7 +72,7 @@ ALL_METRICS: tuple[MetricSpec, ...] = (
     GPU_MEMORY_FRAGMENTATION,
 )
 
-AUDIO_STAGES = ("decode", "f0", "convert", "post")
+AUDIO_STAGES = ("decode", "convert", "post")
 VIDEO_STAGES = ("decode", "detect", "swap", "enhance", "encode")
 STAGES: Mapping[str, tuple[str, ...]] = {"audio": AUDIO_STAGES, "video": VIDEO_STAGES}
 QUEUES = ("audio", "video", "outbound")

@@ -55,8 +55,6 @@ class ErrorCode:
     BAD_PAYLOAD = "bad_payload"
     BAD_JSON = "bad_json"
     BAD_SETTING = "bad_setting"
-    RATE_LIMITED = "rate_limited"
-    STAGE_FAILED = "stage_failed"
 
 
 class ProtocolError(ValueError):

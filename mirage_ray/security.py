@@ -156,11 +156,9 @@ class InvalidFrameWindow:
     def __init__(self, size: int = 200, ratio: float = 0.30) -> None:
         self._flags: deque[bool] = deque(maxlen=size)
         self._ratio = ratio
-        self.invalid_total = 0
 
     def record(self, invalid: bool) -> None:
         self._flags.append(invalid)
-        self.invalid_total += int(invalid)
 
     @property
     def invalid_ratio(self) -> float:

@@ -39,7 +39,6 @@ class NoEnhancer:
     """``Enhancer`` that returns a copy of its input: the stage is on but no restoration model is loaded."""
 
     name = "none"
-    restores = False  # lets callers (and stats) tell a real enhancer from this pass-through
 
     def __init__(self) -> None:
         logger.info("enhancer 'none': face crops pass through unchanged (no restoration model loaded)")

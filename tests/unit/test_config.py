@@ -38,13 +38,6 @@ def test_bad_values_are_refused_with_the_range(field: str, value: object, messag
     assert message in str(info.value)
 
 
-def test_with_overrides_validates() -> None:
-    settings = MirageSettings()
-    assert settings.with_overrides(max_faces=4).max_faces == 4
-    with pytest.raises(ValidationError):
-        settings.with_overrides(max_faces=99)
-
-
 def test_every_setting_is_documented() -> None:
     from pathlib import Path
 

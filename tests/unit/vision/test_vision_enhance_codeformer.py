@@ -224,7 +224,6 @@ def test_none_enhancer_returns_an_equal_new_array():
     np.testing.assert_array_equal(out, crops)
     assert not np.shares_memory(out, crops)
     assert enhancer.name == "none"
-    assert enhancer.restores is False
     assert isinstance(enhancer, Enhancer)
     with pytest.raises(ValueError, match="fidelity"):
         enhancer.restore(crops, 2.0)
