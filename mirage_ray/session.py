@@ -153,7 +153,7 @@ class Session:
 
     def on_text(self, text: str) -> list[Outgoing]:
         try:
-            message = protocol.parse_text(text)
+            message = protocol.parse_text(text, self.settings.max_json_bytes, self.settings.max_json_depth)
         except ProtocolError as exc:
             return self.on_invalid(exc, "text message")
         kind = message["type"]
@@ -248,14 +248,23 @@ class Session:
         return await asyncio.wait_for(call, self._video_timeout_s)
 
     async def _process_faces(self, image: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, int, dict[str, float]]:
-        """(frame out, flags, stage timings). Unswapped frames carry FLAG_PASSTHROUGH."""
+        """(frame out, flags, stage timings). Unswapped frames carry FLAG_PASSTHROUGH.
+
+        A frame due for detection while a face is already tracked is swapped with the tracked faces and detected at
+        the same time (one serial stage hop per frame); the detection corrects the track for the next frames.
+        """
         timings: dict[str, float] = {}
         disguise = self._identity is not None and self.controls.swap
         t0 = self._clock()
         detect = self._tracker.needs_detection()
         self.metrics.detector_call(detect)
+        beside = detect and disguise and bool(self._tracker.faces)
+        detection: asyncio.Task[list[Face]] | None = None
         try:
-            if detect:
+            if beside:
+                faces = await self._workers.video(self._tracker.propagate, gray)
+                detection = asyncio.ensure_future(self._video_stage(self._stages.detect(image)))
+            elif detect:
                 found = await self._video_stage(self._stages.detect(image))
                 faces = await self._workers.video(self._tracker.update, found, gray)
                 timings["detect"] = (self._clock() - t0) * 1000.0
@@ -269,13 +278,29 @@ class Session:
         try:
             output = await self._swap_region(image, faces, self._identity)
         except Exception as exc:
+            await self._detected_beside(detection, gray, t0, timings)
             return await self._frame_failed("swap", exc, image, disguise), FLAG_PASSTHROUGH, timings
         timings["swap"] = (self._clock() - t1) * 1000.0
+        await self._detected_beside(detection, gray, t0, timings)
         if self.controls.enhance and self.info.enhancer_available:
             t2 = self._clock()
             output = await self._enhance(output, faces)
             timings["enhance"] = (self._clock() - t2) * 1000.0
         return output, FLAG_PASSTHROUGH if self.info.swap_passthrough else 0, timings
+
+    async def _detected_beside(
+        self, detection: asyncio.Task[list[Face]] | None, gray: np.ndarray, t0: float, timings: dict[str, float]
+    ) -> None:
+        """Take the detection that ran beside the swap into the track (a failed one only asks for another)."""
+        if detection is None:
+            return
+        try:
+            found = await detection
+        except Exception as exc:
+            self._stage_failed("detect", exc)
+            return
+        timings["detect"] = (self._clock() - t0) * 1000.0
+        await self._workers.video(self._tracker.correct, found, gray)
 
     async def _swap_region(self, image: np.ndarray, faces: list[Face], identity: SourceIdentity) -> np.ndarray:
         """Only the region around the faces travels to the swapper (both swappers work bbox-local)."""

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from mirage_ray import protocol
 from mirage_ray.protocol import CloseCode, Kind, Media, ProtocolError
+from mirage_ray.security import ByteRate
 from mirage_ray.session import Outgoing, Session
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Connection:
         self._closing: tuple[int, str] | None = None
         self._closed = False
         self._waiting_sends = 0  # outbound backlog: sends waiting for the socket
+        self._bytes_in = ByteRate.from_settings(session.settings)
 
     async def run(self) -> None:
         await self._send([self._session.hello()])
@@ -111,6 +113,9 @@ class Connection:
                 return
             if not session.admit(time.monotonic()):
                 self._close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
+                return
+            if not self._bytes_in.allow(size, time.monotonic()):
+                self._close(CloseCode.RATE_LIMITED, "byte rate limit exceeded")
                 return
             if raw_bytes is not None:
                 await self._dispatch_binary(raw_bytes)

@@ -120,10 +120,19 @@ class FaceTracker:
     def update(self, faces: Sequence[Face], gray: np.ndarray) -> list[Face]:
         """Take a detection for the frame whose grayscale image is ``gray``; returns the kept (largest) faces."""
         gray = _check_gray(gray)
-        if self._last_detection_frame is not None:
-            self._intervals.append(self.frames - self._last_detection_frame)
-        self._last_detection_frame = self.frames
         self.frames += 1
+        return self._take_detection(faces, gray)
+
+    def correct(self, faces: Sequence[Face], gray: np.ndarray) -> list[Face]:
+        """Take a detection for the frame the last :meth:`propagate` carried the faces onto (the detector ran beside
+        the swap of that frame, which used the propagated faces); returns the kept faces for the next frames."""
+        return self._take_detection(faces, _check_gray(gray))
+
+    def _take_detection(self, faces: Sequence[Face], gray: np.ndarray) -> list[Face]:
+        frame = self.frames - 1
+        if self._last_detection_frame is not None:
+            self._intervals.append(frame - self._last_detection_frame)
+        self._last_detection_frame = frame
         self.detections += 1
         kept = largest_faces(list(faces), self._max_faces)
         self.last_score = max((f.score for f in kept), default=0.0)

@@ -57,7 +57,9 @@ async def test_cpu_profile_swaps_and_converts_with_local_stages(cpu_app: ServeAp
     await client.wait_for(lambda: len(client.media[Kind.AUDIO]) >= 3, 30, "3 audio blocks")
     swapped = [m for m in client.media[Kind.VIDEO] if not m.flags & FLAG_PASSTHROUGH]
     assert len(swapped) >= 8  # swapped by the swapper placed in the ingress
-    assert all(not m.flags & FLAG_PASSTHROUGH for m in client.media[Kind.AUDIO])  # converted by the Voice deployment
+    # converted by the Voice deployment (a block it cannot answer in 0.8 x its length goes out pitch-shifted, flagged:
+    # on a loaded machine the first may)
+    assert sum(not m.flags & FLAG_PASSTHROUGH for m in client.media[Kind.AUDIO]) >= 2
     stats = httpx.get(cpu_app.url + "v1/stats", timeout=10).json()
     assert stats["admission"]["capacity"] == 4 and stats["admission"]["scope"] == "application"
     await client.close()
