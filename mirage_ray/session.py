@@ -41,7 +41,7 @@ from mirage_ray.reference import choose_reference_face
 from mirage_ray.security import InvalidFrameWindow, TokenBucket
 from mirage_ray.stages import StageInfo, Stages, Workers
 from mirage_ray.sync import AvSync
-from mirage_ray.vision.align import FFHQ_TEMPLATE_512, crop_mask, paste_back, warp_face
+from mirage_ray.vision.align import FFHQ_TEMPLATE_512, face_mask, paste_back, warp_face
 from mirage_ray.vision.base import ReferenceRejected
 from mirage_ray.vision.faces import Face, SourceIdentity, face_region, translate
 from mirage_ray.vision.mask import mask_faces
@@ -313,7 +313,7 @@ class Session:
         return output
 
     async def _enhance(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
-        """Only the aligned 512 crops travel to the enhancer; they are pasted back with a feathered mask.
+        """Only the aligned 512 crops travel to the enhancer; they are pasted back under a soft face-shaped mask.
 
         A failed enhancement keeps the swapped frame (the face is already disguised)."""
         aligned = [warp_face(image, face.kps, FFHQ_TEMPLATE_512, ENHANCE_CROP_PX) for face in faces]
@@ -323,7 +323,7 @@ class Session:
         except Exception as exc:
             self._stage_failed("enhance", exc)
             return image
-        mask = crop_mask(ENHANCE_CROP_PX)
+        mask = face_mask(ENHANCE_CROP_PX)
         for (_, matrix), crop in zip(aligned, restored, strict=True):
             image = paste_back(image, crop, matrix, mask)
         return image
