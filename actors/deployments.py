@@ -20,7 +20,7 @@ from actors.metrics_sink import GpuMemoryReporter, RayMetricsSink
 from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
-from mirage_ray.stages import IdentityMiss, StageFailure, TestDelay
+from mirage_ray.stages import IdentityMiss, StageFailure, TestDelay, swap_margin
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import VoiceParams
 
@@ -121,7 +121,12 @@ class SwapperDeployment(_StageDeployment):
         _configure_batching(self.swap, settings)
 
     def ready(self) -> dict[str, Any]:
-        return {"ready": True, "passthrough": self._swapper.name == "passthrough", **self._choice.as_dict()}
+        return {
+            "ready": True,
+            "passthrough": self._swapper.name == "passthrough",
+            "context_margin": swap_margin(self._swapper),
+            **self._choice.as_dict(),
+        }
 
     async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
         return await asyncio.to_thread(self._swapper.identity, image, face)

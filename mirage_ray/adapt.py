@@ -232,9 +232,7 @@ def build_ladder(width: int = 512, height: int = 512, fps: float = 20.0, jpeg_qu
     rungs.extend((quality, rate, px) for px in RESOLUTION_STEPS_PX if px < side)
     smallest = rungs[-1][2]
     rungs.extend((quality, low, smallest) for low in LOW_FPS_STEPS if low < rate)
-    levels = [
-        Level(i, q, f, s, _even(width * s / side), _even(height * s / side)) for i, (q, f, s) in enumerate(rungs)
-    ]
+    levels = [Level(i, q, f, s, _even(width * s / side), _even(height * s / side)) for i, (q, f, s) in enumerate(rungs)]
     last = levels[-1]
     levels.append(Level(len(levels), quality, PAUSED_PROBE_FPS, smallest, last.width, last.height, paused=True))
     return tuple(levels)

@@ -56,7 +56,6 @@ Outgoing = Media | dict[str, Any]
 T = TypeVar("T")
 
 ENHANCE_CROP_PX = 512
-SWAP_MARGIN = 0.2  # region sent to the swapper: face boxes grown by this fraction of their size on each side
 US_PER_S = 1_000_000
 PROTOCOL_LEVEL_ERRORS = frozenset({ErrorCode.BAD_HEADER, ErrorCode.BAD_KIND, ErrorCode.BAD_JSON})
 DROP_PAUSED = "paused"
@@ -303,8 +302,9 @@ class Session:
         await self._workers.video(self._tracker.correct, found, gray)
 
     async def _swap_region(self, image: np.ndarray, faces: list[Face], identity: SourceIdentity) -> np.ndarray:
-        """Only the region around the faces travels to the swapper (both swappers work bbox-local)."""
-        x1, y1, x2, y2 = face_region(faces, image.shape[1], image.shape[0], SWAP_MARGIN)
+        """Only the region around the faces travels to the swapper (both swappers work bbox-local); its size is the
+        swapper's own ``context_margin`` (InSwapper needs its whole 128 crop inside)."""
+        x1, y1, x2, y2 = face_region(faces, image.shape[1], image.shape[0], self.info.swap_margin)
         shifted = [translate(face, -x1, -y1) for face in faces]
         region = np.ascontiguousarray(image[y1:y2, x1:x2])
         swapped = await self._video_stage(self._stages.swap(region, shifted, identity))

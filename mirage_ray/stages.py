@@ -21,6 +21,12 @@ from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import VoiceConverter, VoiceParams
 
 T = TypeVar("T")
+DEFAULT_SWAP_MARGIN = 0.2  # context a bbox-local swapper gets unless it declares its own ``context_margin``
+
+
+def swap_margin(swapper: object) -> float:
+    """The region around the faces ``swapper`` needs, as a fraction of the face size on each side."""
+    return float(getattr(swapper, "context_margin", DEFAULT_SWAP_MARGIN))
 
 
 class StageUnavailable(RuntimeError):
@@ -49,6 +55,7 @@ class StageInfo:
     """
 
     swap_passthrough: bool = False  # the swapper returns frames unchanged (explicit diagnostics choice)
+    swap_margin: float = DEFAULT_SWAP_MARGIN  # the swapper gets the face boxes grown by this on each side
     enhancer_available: bool = False
     voices: tuple[str, ...] = ()  # model voices the voice stage offers (presets come on top)
     fallback_converter: str = "the fallback converter"  # what the voice stage switches to on audio failure
@@ -60,8 +67,10 @@ class StageInfo:
         """From the per-stage ``ready()`` reports (detector, swapper, enhancer, voice)."""
         voice = report.get("voice", {})
         voices = tuple(voice.get("voices", ()))
+        swapper = report.get("swapper", {})
         return cls(
-            swap_passthrough=bool(report.get("swapper", {}).get("passthrough", False)),
+            swap_passthrough=bool(swapper.get("passthrough", False)),
+            swap_margin=float(swapper.get("context_margin", DEFAULT_SWAP_MARGIN)),
             enhancer_available=not report.get("enhancer", {}).get("fallback", True),
             voices=voices,
             fallback_converter=str(voice.get("fallback_converter", cls.fallback_converter)),

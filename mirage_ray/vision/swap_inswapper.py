@@ -177,6 +177,8 @@ class _Model:
 class InSwapper:
     """InSwapper 128 + ArcFace R50; thread-safe, and stateless across sessions (only health counters change)."""
 
+    context_margin = CONTEXT_MARGIN  # the region around the faces it needs (the session sends that much)
+
     def __init__(
         self,
         inswapper_path: str | Path,

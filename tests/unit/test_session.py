@@ -580,3 +580,21 @@ async def test_enhancement_sends_only_aligned_crops_and_pastes_them_back_on_the_
     inside = brighter[face[1] : face[3], face[0] : face[2]].mean()
     outside = np.delete(brighter, np.s_[max(0, face[1] - 60) : face[3] + 60], axis=0).mean()
     assert inside > 0.5 and outside < 0.01  # pasted back on the face, the rest of the frame untouched
+
+
+async def test_the_swapper_gets_the_context_it_declares(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    frame = moving_face_frames(1)[0]
+    sizes = []
+    for margin in (0.2, 0.65):
+        stages = ScriptedStages(FakeClock(), detector, swapper)
+        session = Session(MirageSettings(), stages, StageInfo(swap_margin=margin), session_id="m", clock=stages.clock)
+        await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+        await session.on_video(video(0, 0, frame))
+        box = stages.detect_calls[-1][0].bbox
+        region = stages.swap_images[-1]
+        size = max(box[2] - box[0], box[3] - box[1])
+        assert region.shape[1] <= min(512, (box[2] - box[0]) + 2 * margin * size + 2)
+        sizes.append(region.shape[0] * region.shape[1])
+    assert sizes[1] > 1.5 * sizes[0]

@@ -195,9 +195,11 @@ def test_context_margin_holds_the_whole_crop(base_face, pose) -> None:
 
 
 def test_the_session_sends_the_swapper_enough_context() -> None:
-    from mirage_ray.session import SWAP_MARGIN
+    from mirage_ray.stages import StageInfo, swap_margin
 
-    assert SWAP_MARGIN >= CONTEXT_MARGIN, (
-        f"session.SWAP_MARGIN {SWAP_MARGIN} < InSwapper's CONTEXT_MARGIN {CONTEXT_MARGIN}: the 128 crop would see "
-        "zeros past the region's edge and its paste-back would be cut off there"
+    # the swapper declares the context it needs; its deployment reports it; the session's StageInfo carries it
+    info = StageInfo.from_report({"swapper": {"context_margin": swap_margin(InSwapper)}}, "pitch-shift")
+    assert info.swap_margin >= CONTEXT_MARGIN, (
+        f"the session would send a region grown by {info.swap_margin} < InSwapper's CONTEXT_MARGIN {CONTEXT_MARGIN}:"
+        " the 128 crop would see zeros past the region's edge and its paste-back would be cut off there"
     )
