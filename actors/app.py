@@ -1,7 +1,7 @@
 """The Serve application builder named by serve_config.yaml (``import_path: actors.app:build_app``).
 
-``args`` are MirageSettings fields (validated once here, then passed down). Deployment resources default to the
-CPU profile; serve_config.yaml overrides them per deployment (the A10G profile sets the GPU fractions).
+``args`` are MirageSettings fields (validated once here, then passed down). Deployment resources are the config
+file's alone (serve_config.yaml: GPU fractions; serve_config.cpu.yaml: CPU fractions), written in one place.
 """
 
 from __future__ import annotations
@@ -19,14 +19,6 @@ from mirage_ray.security import AUTO_SECRET_BYTES, HMAC_ALGORITHMS, build_auth
 
 HTTP_HEADROOM_REQUESTS = 8  # health/stats requests an ingress replica takes beside its WebSocket sessions
 
-CPU_PROFILE: dict[str, dict[str, Any]] = {
-    "Detector": {"ray_actor_options": {"num_cpus": 0.25}},
-    "Swapper": {"ray_actor_options": {"num_cpus": 0.5}},
-    "Enhancer": {"ray_actor_options": {"num_cpus": 0.25}},
-    "Voice": {"ray_actor_options": {"num_cpus": 0.25}},
-    "Ingress": {"ray_actor_options": {"num_cpus": 0.5}},
-}
-
 
 def _auto_secret(settings: MirageSettings) -> str | None:
     """One random secret for every ingress replica when serving loopback without a configured key."""
@@ -41,7 +33,7 @@ def build_app(args: dict[str, Any]) -> Application:
     build_auth(settings, auto_secret=auto_secret)  # refuses to start on a public address without a key
 
     def bind(cls: type, name: str) -> Application:
-        return serve.deployment(cls, name=name, **CPU_PROFILE[name]).bind(settings)
+        return serve.deployment(cls, name=name).bind(settings)
 
     detector = bind(DetectorDeployment, "Detector")
     swapper = bind(SwapperDeployment, "Swapper")
@@ -51,6 +43,5 @@ def build_app(args: dict[str, Any]) -> Application:
         serve.ingress()(IngressDeployment),
         name="Ingress",
         max_ongoing_requests=settings.sessions_per_replica + HTTP_HEADROOM_REQUESTS,
-        **CPU_PROFILE["Ingress"],
     )
     return ingress.bind(settings, detector, swapper, enhancer, voice, auto_secret)

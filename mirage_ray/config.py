@@ -12,8 +12,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mirage_ray.protocol import MAX_JSON_BYTES, MAX_JSON_DEPTH
-
 DetectorChoice = Literal["auto", "scrfd", "retinaface"]
 SwapperChoice = Literal["auto", "inswapper", "classical", "passthrough"]
 EnhancerChoice = Literal["auto", "codeformer", "none"]
@@ -78,8 +76,10 @@ class MirageSettings(BaseSettings):
     subject_connection_burst: int = Field(20, ge=1, le=10_000)
     max_sessions_per_subject: int = Field(8, ge=1, le=10_000, description="concurrent sessions per token sub")
     max_bytes_per_s: int = Field(8_000_000, ge=16_000, le=1_000_000_000, description="inbound bytes per session")
-    max_json_bytes: int = Field(MAX_JSON_BYTES, ge=256, le=16 * 1024 * 1024)
-    max_json_depth: int = Field(MAX_JSON_DEPTH, ge=2, le=256)
+    # control messages are tiny: a text above this is refused before parsing
+    max_json_bytes: int = Field(16_384, ge=256, le=16 * 1024 * 1024)
+    # nesting of arrays/objects, far below the interpreter's recursion limit
+    max_json_depth: int = Field(32, ge=2, le=256)
 
     # --- video ----------------------------------------------------------------------------------
     video_width: int = Field(512, ge=64, le=1920)
@@ -168,3 +168,14 @@ class MirageSettings(BaseSettings):
 def load_settings(**overrides: object) -> MirageSettings:
     """Environment first, then explicit overrides (e.g. serve_config.yaml ``args``)."""
     return MirageSettings(**overrides)  # type: ignore[arg-type]
+
+
+def field_range(name: str) -> tuple[float, float]:
+    """(lowest, highest) allowed value of a numeric setting: ranges are written once, on the fields above."""
+    low = high = None
+    for constraint in MirageSettings.model_fields[name].metadata:
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
+    if low is None or high is None:
+        raise KeyError(f"setting {name!r} has no closed range")
+    return low, high

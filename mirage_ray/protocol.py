@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mirage_ray.config import MirageSettings, field_range
+
 PROTOCOL_VERSION = 1
 SUBPROTOCOL = "mirage.v1"
 BEARER_PREFIX = "bearer."
@@ -24,8 +26,8 @@ FLAG_PASSTHROUGH = 0x01
 UINT32_MOD = 1 << 32
 PCM_SAMPLE_BYTES = 2
 SAMPLES_PER_10MS = 160
-MAX_JSON_BYTES = 16_384  # control messages are tiny; a text message above this is refused before parsing
-MAX_JSON_DEPTH = 32  # nesting of arrays/objects; far below the interpreter's recursion limit
+MAX_JSON_BYTES: int = MirageSettings.model_fields["max_json_bytes"].default
+MAX_JSON_DEPTH: int = MirageSettings.model_fields["max_json_depth"].default
 ECHO_CHARS = 80  # a refused value is quoted back at most this long
 
 
@@ -212,11 +214,11 @@ def bearer_from_subprotocols(offered: list[str]) -> str | None:
 
 
 # --- settings (client -> server) -------------------------------------------------------------------
-SETTING_RANGES: dict[str, tuple[float, float]] = {
-    "max_faces": (1, 16),
-    "fidelity": (0.0, 1.0),
-    "pitch_semitones": (-24.0, 24.0),
-    "formant_shift": (0.5, 2.0),
+SETTING_RANGES: dict[str, tuple[float, float]] = {  # the same ranges as the service's settings (config.py)
+    "max_faces": field_range("max_faces"),
+    "fidelity": field_range("codeformer_fidelity"),
+    "pitch_semitones": field_range("pitch_semitones"),
+    "formant_shift": field_range("formant_shift"),
 }
 BOOL_SETTINGS = ("swap", "enhance")
 STRING_SETTINGS = ("voice",)

@@ -12,10 +12,12 @@ import numbers
 
 import numpy as np
 
+from mirage_ray.config import field_range
+
 logger = logging.getLogger(__name__)
 
 CROP_SIZE_PX = 512  # aligned face crops are 512x512 (FFHQ template)
-FIDELITY_RANGE = (0.0, 1.0)
+FIDELITY_RANGE = field_range("codeformer_fidelity")
 
 
 def check_restore_args(crops: np.ndarray, fidelity: float) -> None:

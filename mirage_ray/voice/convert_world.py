@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from mirage_ray.config import field_range
 from mirage_ray.voice.base import SAMPLE_RATE, VoiceParams
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,8 @@ F0_FLOOR_HZ = 60.0  # lowest voice F0 we track (deep male voices)
 F0_CEIL_HZ = 800.0  # highest (children, singing)
 DIO_SPEED = 2  # DIO decimation: 2 halves its cost with no audible change at 16 kHz
 SILENCE_RMS = 1e-5  # a window this quiet is returned as zeros (WORLD is ill-conditioned on digital silence)
-FORMANT_RANGE = (0.5, 2.0)  # allowed envelope warp factors
-PITCH_RANGE_ST = 24.0  # allowed |pitch shift| in semitones
+FORMANT_RANGE = field_range("formant_shift")  # allowed envelope warp factors
+PITCH_RANGE_ST = field_range("pitch_semitones")[1]  # allowed |pitch shift| in semitones
 
 F0Method = Literal["dio", "harvest"]
 
