@@ -80,6 +80,23 @@ class IdentityCache:
         return identity
 
 
+def restore_batched(enhancer: Any, crops: list[np.ndarray], fidelity: list[float]) -> list[Any]:
+    """Each request's restored crops: requests with the same fidelity concatenated into one model call."""
+    results: list[Any] = [None] * len(crops)
+    groups: dict[float, list[int]] = {}
+    for index, weight in enumerate(fidelity):
+        groups.setdefault(weight, []).append(index)
+    for weight, indices in groups.items():
+        joined = np.concatenate([crops[i] for i in indices])
+        restored = _guarded("enhance", enhancer.restore, joined, weight)
+        start = 0
+        for i in indices:
+            count = len(crops[i])
+            results[i] = restored if isinstance(restored, StageFailure) else restored[start : start + count]
+            start += count
+    return results
+
+
 class _StageDeployment:
     _delay: TestDelay
     _gpu: GpuMemoryReporter
@@ -103,10 +120,16 @@ class DetectorDeployment(_StageDeployment):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        def run() -> list[list[Face]]:
+        """Frames from several sessions in one model run (same-size images batch together); if the batch fails,
+        each frame again on its own so one bad item fails alone."""
+
+        def run() -> list[Any]:
             self._delay.sleep()
             self._gpu.maybe_report()
-            return [_guarded("detect", self._detector.detect, image) for image in images]
+            try:
+                return self._detector.detect_batch(images)
+            except Exception:
+                return [_guarded("detect", self._detector.detect, image) for image in images]
 
         return await asyncio.to_thread(run)
 
@@ -162,15 +185,19 @@ class EnhancerDeployment(_StageDeployment):
             cap_torch_gpu_memory(settings.gpu_mem_limit_mb)
         self._delay = TestDelay(settings, "enhance")
         self._gpu = GpuMemoryReporter("Enhancer", RayMetricsSink())
+        _configure_batching(self.restore, settings)
 
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self._choice.as_dict()}
 
-    async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
-        def run() -> np.ndarray:
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def restore(self, crops: list[np.ndarray], fidelity: list[float]) -> list[Any]:
+        """Face crops from several sessions run as one batch per fidelity (the model takes one weight per call)."""
+
+        def run() -> list[Any]:
             self._delay.sleep()
             self._gpu.maybe_report()
-            return self._enhancer.restore(crops, fidelity)
+            return restore_batched(self._enhancer, crops, fidelity)
 
         return await asyncio.to_thread(run)
 

@@ -22,6 +22,10 @@ class Detector(Protocol):
 
     def detect(self, image: np.ndarray) -> list[Face]: ...
 
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces per image; images from several sessions run through the model as one batch where it allows."""
+        ...
+
 
 @runtime_checkable
 class Swapper(Protocol):

@@ -72,3 +72,24 @@ async def test_ray_stages_sends_the_identity_once_then_only_on_a_miss(swap_setup
     assert log == [(0, True), (1, False), (1, True), (1, False), (0, False)]
     assert all(np.array_equal(outputs[0], out) for out in outputs[1:])
     assert not np.array_equal(outputs[0], image)
+
+
+def test_restore_batches_by_fidelity_and_routes_each_result_home() -> None:
+    from actors.deployments import restore_batched
+    from mirage_ray.stages import StageFailure
+
+    calls: list[tuple[int, float]] = []
+
+    class Brighten:
+        def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
+            calls.append((len(crops), fidelity))
+            if fidelity > 0.9:
+                raise RuntimeError("weights unusable at this fidelity")
+            return crops + np.uint8(10 * fidelity)
+
+    crops = [np.full((n, 4, 4, 3), 10 * i, np.uint8) for i, n in enumerate((1, 2, 1, 3))]
+    out = restore_batched(Brighten(), crops, [0.5, 0.3, 0.5, 1.0])
+    assert sorted(calls) == [(2, 0.3), (2, 0.5), (3, 1.0)]  # one model call per fidelity, crops concatenated
+    assert [o.shape[0] for o in out[:3]] == [1, 2, 1]
+    assert int(out[0][0, 0, 0, 0]) == 0 + 5 and int(out[1][0, 0, 0, 0]) == 10 + 3 and int(out[2][0, 0, 0, 0]) == 25
+    assert isinstance(out[3], StageFailure)  # the failed group fails alone
