@@ -39,6 +39,7 @@ class Kind(IntEnum):
 
 class CloseCode(IntEnum):
     NORMAL = 1000
+    GOING_AWAY = 1001  # the server is shutting down (SIGTERM drain); the client may reconnect
     POLICY = 1008  # authentication failed, origin not allowed
     TOO_BIG = 1009
     INTERNAL = 1011

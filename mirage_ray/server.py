@@ -6,6 +6,7 @@ Built by the Serve ingress deployment (actors/ingress.py) with Ray-backed stages
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 PAGE_TOKEN_SUBJECT = "local-page"
 MAX_CLOSE_REASON_CHARS = 120  # a WebSocket close reason holds at most 123 bytes
+DRAIN_TIMEOUT_S = 5.0  # a session being shut down answers its received audio within this, then closes
+SHUTDOWN_REASON = "server shutting down; reconnect in a few seconds"
 
 
 @dataclass
@@ -52,6 +55,8 @@ class ServerContext:
     workers: Workers | None = None  # the replica's thread pools (built from settings when not given)
     admission: AdmissionGate | None = None  # the application-wide gate; a replica-local one when not given
     sessions: dict[str, Session] = field(default_factory=dict)
+    connections: dict[str, Connection] = field(default_factory=dict)  # the live sessions' sockets, by session id
+    draining: bool = False  # shutting down: new sessions are refused with 1001
     totals: dict[str, int] = field(default_factory=lambda: {"sessions_started": 0, "sessions_refused": 0})
 
     def __post_init__(self) -> None:
@@ -59,6 +64,19 @@ class ServerContext:
             self.workers = Workers.from_settings(self.settings)
         if self.admission is None:
             self.admission = LocalAdmission(self.settings.max_sessions, self.summaries)
+
+    async def shutdown(
+        self, code: int = CloseCode.GOING_AWAY, reason: str = SHUTDOWN_REASON, timeout_s: float = DRAIN_TIMEOUT_S
+    ) -> None:
+        """Refuse new sessions and close every live one with ``code`` once it has answered the audio it received
+        and flushed its sends (each within ``timeout_s``, all at once)."""
+        self.draining = True
+        closed: set[str] = set()
+        # a session admitted just before draining began registers a moment later: take it in the next round
+        while live := {sid: c for sid, c in self.connections.items() if sid not in closed}:
+            logger.info("shutting down: closing %d session(s) with %d", len(live), code)
+            closed |= set(live)
+            await asyncio.gather(*(connection.shutdown(code, reason, timeout_s) for connection in live.values()))
 
     def summaries(self) -> list[SessionSummary]:
         """The latest summary of every live session of this replica."""
@@ -113,6 +131,9 @@ def build_app(ctx: ServerContext) -> Starlette:
             await websocket.accept(subprotocol=subprotocol)
             await websocket.close(code, reason)
 
+        if ctx.draining:
+            await refuse(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+            return
         if not origin_allowed(websocket.headers.get("origin"), ctx.settings.allowed_origins):
             await refuse(CloseCode.POLICY, "origin not allowed")
             return
@@ -148,7 +169,10 @@ def build_app(ctx: ServerContext) -> Starlette:
         logger.info("session %s started for %s", session.id, principal.subject)
         limits.session_started(principal.subject)
         try:
-            await Connection(websocket, session, principal.expires_at, ctx.controller_push).run()
+            connection = ctx.connections[session.id] = Connection(
+                websocket, session, principal.expires_at, ctx.controller_push
+            )
+            await connection.run()
         except Exception:
             logger.exception("session %s: internal error", session.id)
             try:
@@ -158,6 +182,7 @@ def build_app(ctx: ServerContext) -> Starlette:
         finally:
             limits.session_ended(principal.subject)
             ctx.sessions.pop(session.id, None)
+            ctx.connections.pop(session.id, None)
             await gate.release(session.id)
             logger.info("session %s ended", session.id)
 

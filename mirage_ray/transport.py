@@ -7,7 +7,8 @@ The socket is read in one loop; video and audio are processed by two workers so 
   skips the voice stage and goes out through the session's own cheap pitch shift (flagged, never the raw voice) so
   latency returns to normal instead of growing. No sample is ever dropped.
 A ticker sends ``stats`` about once a second, pushes the session summary to the controller, and closes the
-socket with 4001 when the token expires.
+socket with 4001 when the token expires. ``shutdown`` closes it for the server (1001 when the replica stops) after
+the audio already received has been answered and the pending sends have gone out.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Connection:
         self._closed = False
         self._waiting_sends = 0  # outbound backlog: sends waiting for the socket
         self._bytes_in = ByteRate.from_settings(session.settings)
+        self._finished = asyncio.Event()  # run() has returned: nothing more will be sent
 
     async def run(self) -> None:
         await self._send([self._session.hello()])
@@ -91,6 +93,28 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self._socket.close(code, reason)
             self._closed = True
+            self._finished.set()
+
+    async def shutdown(self, code: int, reason: str, timeout_s: float) -> None:
+        """Close with ``code`` for the server, within ``timeout_s``: first every audio chunk already received is
+        answered (converted, or failed closed) and the sends under way go out, so no computed audio is lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._close(code, reason)  # the receive loop takes no new message after the one it is waiting for
+        answered = asyncio.ensure_future(self._audio_queue.join())
+        ended = asyncio.ensure_future(self._finished.wait())
+        try:
+            await asyncio.wait({answered, ended}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+            ended.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sends_done(), max(0.0, deadline - loop.time()))
+        await self._socket_close_now()
+
+    async def _sends_done(self) -> None:
+        async with self._send_lock:
+            return
 
     def _close(self, code: int, reason: str) -> None:
         if self._closing is None:
@@ -154,8 +178,11 @@ class Connection:
     async def _audio_worker(self) -> None:
         while True:
             media = await self._audio_queue.get()
-            late = self._audio_queue.qsize() >= AUDIO_BACKLOG_BLOCKS
-            await self._send(await self._session.on_audio(media, late=late))
+            try:
+                late = self._audio_queue.qsize() >= AUDIO_BACKLOG_BLOCKS
+                await self._send(await self._session.on_audio(media, late=late))
+            finally:
+                self._audio_queue.task_done()  # shutdown() waits for every received chunk to be answered
             await self._close_if_session_says()
 
     async def _close_if_session_says(self) -> None:
