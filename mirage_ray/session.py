@@ -114,6 +114,8 @@ class Session:
         self.samples_in = 0
         self.samples_out = 0
         self.audio_late_blocks = 0
+        self._flushes = 0  # flush requests not yet taken by the transport
+        self._last_audio = (0, 0)  # (seq, capture time) of the latest audio chunk: a flushed block answers it
         self._fail_closed_count = {"video": 0, "audio": 0}
         self._stage_failures: dict[str, int] = {}
         self._controller_ok = True
@@ -158,6 +160,9 @@ class Session:
         kind = message["type"]
         if kind == "ping":
             return [protocol.pong(message.get("t"))]
+        if kind == "flush":  # end of stream: queued behind the audio already received (see take_flush)
+            self._flushes += 1
+            return []
         if kind == "settings":
             replies = self.controls.apply(message)
             self._tracker.max_faces = self.controls.max_faces
@@ -366,6 +371,7 @@ class Session:
             )
             return self.on_invalid(error, "audio chunk")
         self._invalid.record(False)
+        self._last_audio = (media.seq, media.capture_us)
         decode_start = self._clock()
         samples = pcm16_to_float(media.payload)
         self.metrics.stage_ms("audio", "decode", (self._clock() - decode_start) * 1000.0)
@@ -401,6 +407,28 @@ class Session:
                 self._video.request_degrade("audio over budget")
             replies += self._video_changed(self._video.tick_paused(outcome in (CONVERTED, SILENT)))
         return replies
+
+    def take_flush(self) -> bool:
+        """Whether a ``flush`` arrived since the last call (the transport queues it after the pending audio)."""
+        if self._flushes == 0:
+            return False
+        self._flushes -= 1
+        return True
+
+    async def on_flush(self) -> list[Outgoing]:
+        """End of stream: complete the partial block now (the converter's input is padded, not the output), so
+        that samples out == samples in; the block answers the latest audio chunk's seq and capture time."""
+        cut = self._voice.flush_window()
+        if cut is None:
+            return []
+        window, real = cut
+        converted, outcome, notes = await self._convert(window, late=False)
+        block = self._voice.complete(window, converted)[:real]
+        self.samples_out += len(block)
+        self.metrics.audio_out(accepted=outcome in (CONVERTED, SILENT))
+        flags = 0 if outcome in (CONVERTED, SILENT) else FLAG_PASSTHROUGH
+        seq, capture_us = self._last_audio
+        return [*notes, Media(Kind.AUDIO, seq, capture_us, float_to_pcm16(block), flags)]
 
     async def _convert(self, window: VoiceWindow, late: bool) -> tuple[np.ndarray | None, str, list[Outgoing]]:
         """(converted window or None for silence/raw, outcome, messages)."""

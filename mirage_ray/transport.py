@@ -66,7 +66,7 @@ class Connection:
         self._send_lock = asyncio.Lock()
         self._video_slot: Media | None = None
         self._video_ready = asyncio.Event()
-        self._audio_queue: asyncio.Queue[Media] = asyncio.Queue()
+        self._audio_queue: asyncio.Queue[Media | None] = asyncio.Queue()  # None: a flush
         self._closing: tuple[int, str] | None = None
         self._closed = False
         self._waiting_sends = 0  # outbound backlog: sends waiting for the socket
@@ -145,6 +145,8 @@ class Connection:
                 await self._dispatch_binary(raw_bytes)
             elif text is not None:
                 await self._send(session.on_text(text))
+                while session.take_flush():  # answered in order, after the audio received before it
+                    self._audio_queue.put_nowait(None)
             if session.close_code is not None:
                 self._close(session.close_code, session.close_reason)
                 return
@@ -179,8 +181,11 @@ class Connection:
         while True:
             media = await self._audio_queue.get()
             try:
-                late = self._audio_queue.qsize() >= AUDIO_BACKLOG_BLOCKS
-                await self._send(await self._session.on_audio(media, late=late))
+                if media is None:  # a flush
+                    await self._send(await self._session.on_flush())
+                else:
+                    late = self._audio_queue.qsize() >= AUDIO_BACKLOG_BLOCKS
+                    await self._send(await self._session.on_audio(media, late=late))
             finally:
                 self._audio_queue.task_done()  # shutdown() waits for every received chunk to be answered
             await self._close_if_session_says()

@@ -201,6 +201,19 @@ class VoiceStream:
         self._issued += 1
         return window
 
+    def flush_window(self) -> tuple[VoiceWindow, int] | None:
+        """End of stream: the pending samples (less than a block) as a last window, padded with silence to a whole
+        block for the converter; returns it with the number of real samples (keep that many of ``complete``'s
+        output), or None when nothing is pending."""
+        pending = len(self._pending)
+        if pending == 0:
+            return None
+        padding = (-pending) % self._block
+        self._pending = np.concatenate((self._pending, np.zeros(padding, dtype=np.float32)))
+        window = self.next_window()
+        assert window is not None  # a whole block is pending now
+        return window, pending
+
     # -- output half ---------------------------------------------------------------------------------------------
     def _source_tail(self, window: VoiceWindow, converted: np.ndarray | None) -> np.ndarray:
         if window.gated:

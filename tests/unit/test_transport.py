@@ -317,3 +317,32 @@ async def test_invalid_messages_are_answered_and_an_oversized_one_closes_1009(
         await socket.wait_for(lambda sent: socket.closes)
     assert [e["code"] for e in socket.json("error")] == ["bad_header", "bad_json"]
     assert socket.closes == [(CloseCode.TOO_BIG, f"message larger than max_frame_bytes={2_000_000}")]
+
+
+async def test_flush_completes_the_partial_block_after_the_audio_before_it(
+    detector: RetinaFaceDetector, voiced: np.ndarray
+) -> None:
+    async with connected(detector) as live:
+        socket = live.socket
+        partial = float_to_pcm16(voiced[: CHUNK // 2])  # half a 200 ms block: waits for more
+        socket.push(audio(0, voiced))
+        socket.push(protocol.pack(Kind.AUDIO, 1, 200_000, partial))
+        socket.push('{"type": "flush"}')
+        await socket.wait_for(lambda sent: len(socket.media(Kind.AUDIO)) == 2)
+        stats = live.session.stats_message()["audio"]
+    replies = socket.media(Kind.AUDIO)
+    assert [(m.seq, len(m.payload) // 2) for m in replies] == [(0, CHUNK), (1, CHUNK // 2)]  # every sample back
+    assert stats["samples_in"] == stats["samples_out"] == CHUNK + CHUNK // 2
+    assert live.stages.calls["convert"] == 2  # the flushed block was converted (its input padded), not passed raw
+    assert all(m.flags == 0 for m in replies)
+
+
+async def test_flush_with_nothing_pending_sends_nothing(detector: RetinaFaceDetector, voiced: np.ndarray) -> None:
+    async with connected(detector) as live:
+        socket = live.socket
+        socket.push(audio(0, voiced))
+        socket.push('{"type": "flush"}')
+        socket.push('{"type": "ping", "t": 7}')
+        await socket.wait_for(lambda sent: any(m.get("type") == "pong" for m in sent if isinstance(m, dict)))
+        await asyncio.sleep(0.2)
+    assert [len(m.payload) // 2 for m in socket.media(Kind.AUDIO)] == [CHUNK]
