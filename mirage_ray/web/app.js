@@ -50,7 +50,7 @@ let pingTimer = null;
 let lastReferenceBytes = null; // the last reference the server accepted: re-sent after a reconnect
 let pendingReferenceBytes = null; // chosen, not answered yet
 let userSettings = {}; // settings the user changed and the server applied: re-sent after a reconnect
-let lastReasonKinds = "";
+let lastReasonKinds = new Set(); // the degraded reasons last logged, by kind
 const receivedRate = new RateMeter();
 const back = new ReturnPath(drawFrame);
 mirage.timing = back.timing();
@@ -79,6 +79,7 @@ function setState(state, detail = "") {
   el.start.disabled = state !== "idle" && state !== "stopped";
   el.stop.disabled = state === "idle" || state === "stopped";
   el.reconnect.disabled = !["closed", "reconnecting", "need-token"].includes(state);
+  el.tokenHelp.hidden = state === "streaming" || state === "degraded"; // how to get a token, while one is needed
 }
 
 function isLive() {
@@ -152,7 +153,7 @@ function clearLiveView() {
     degradedReasons: [], audioUnconvertedTimes: [], audioUnderrunTimes: [],
   });
   back.clearFigures();
-  lastReasonKinds = "";
+  lastReasonKinds = new Set();
   refreshOverlay();
 }
 
@@ -482,12 +483,11 @@ function publishHealth(now) {
   mirage.audioUnderrunTimes = mirage.audioUnderrunTimes.filter((t) => t > cutoff);
   const reasons = degradedReasons(mirage, now);
   mirage.degradedReasons = reasons.map((r) => r.text);
-  const kinds = reasons.map((r) => r.kind).join(",");
-  if (kinds !== lastReasonKinds) {
-    if (reasons.length) log.add("warn", `degraded: ${mirage.degradedReasons.join("; ")}`);
-    else if (lastReasonKinds) log.add("info", "back to full quality");
-    lastReasonKinds = kinds;
-  }
+  const kinds = new Map(reasons.map((r) => [r.kind, r.text]));
+  for (const [kind, text] of kinds) if (!lastReasonKinds.has(kind)) log.add("warn", `degraded: ${text}`);
+  for (const kind of lastReasonKinds) if (!kinds.has(kind)) log.add("info", `recovered: ${kind.replaceAll("-", " ")}`);
+  if (lastReasonKinds.size && !kinds.size) log.add("info", "back to full quality");
+  lastReasonKinds = new Set(kinds.keys());
   el.degraded.hidden = !reasons.length;
   el.degradedReasons.replaceChildren(...reasons.map((r) => Object.assign(document.createElement("li"), { textContent: r.text })));
   setState(reasons.length ? "degraded" : "streaming", reasons[0]?.text ?? "");

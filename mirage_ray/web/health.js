@@ -125,6 +125,9 @@ export function degradedReasons(m, now) {
   }
   const gaps = recent(m.audioUnderrunTimes, now);
   if (gaps >= GAPS_CALLED_OUT) add("voice-gaps", `the returned voice had ${gaps} gaps in the last ${RECENT_MS / 1000} s`);
+  if (m.timing?.lipSyncLost) {
+    add("out-of-sync", `picture out of sync: it arrives later than the voice even with the voice held ${m.timing.lipSyncMs} ms`);
+  }
   const voiceDelay = m.timing?.mouthToEarP50;
   const videoDelay = m.timing?.videoShownP50;
   const measured = (m.timing?.audioDelayMs?.length ?? 0) >= MIN_DELAY_SAMPLES;

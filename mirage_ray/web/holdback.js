@@ -3,7 +3,7 @@
 // cross-correlating the loudness envelopes of what was sent and what came back, both indexed by stream position,
 // so it needs speech, not a model of the server. The echo server and a passthrough converter measure 0.
 
-const FRAME_SAMPLES = 80; // 5 ms at 16 kHz: envelope resolution (chunks are multiples of 160 samples)
+const FRAME_SAMPLES = 80; // 5 ms at 16 kHz: envelope resolution
 const FRAME_MS = 5;
 const FLOOR_DB = -60; // quieter frames count as this (the server gates silence to zeros)
 const HISTORY_FRAMES = 2400; // 12 s of envelope kept per direction
@@ -16,17 +16,22 @@ const ESTIMATES_KEPT = 5; // the reported figure is the median of the last few e
 class Envelope {
   constructor() {
     this.db = new Float32Array(HISTORY_FRAMES);
-    this.frames = 0; // frames appended since the session started (stream position / FRAME_SAMPLES)
+    this.frames = 0; // whole frames since the session started (stream position / FRAME_SAMPLES)
+    this.sum = 0; // the frame being filled: returned blocks (3072 samples for 192 ms) end mid-frame
+    this.count = 0;
   }
 
-  /** Append whole 5 ms frames of samples (numbers in [-1, 1]). */
+  /** Append samples (numbers in [-1, 1] after `scale`), any length: frames continue across calls. */
   add(samples, scale = 1) {
-    for (let start = 0; start + FRAME_SAMPLES <= samples.length; start += FRAME_SAMPLES) {
-      let sum = 0;
-      for (let i = start; i < start + FRAME_SAMPLES; i += 1) sum += (samples[i] * scale) ** 2;
-      const rms = Math.sqrt(sum / FRAME_SAMPLES);
+    for (let i = 0; i < samples.length; i += 1) {
+      this.sum += (samples[i] * scale) ** 2;
+      this.count += 1;
+      if (this.count < FRAME_SAMPLES) continue;
+      const rms = Math.sqrt(this.sum / FRAME_SAMPLES);
       this.db[this.frames % HISTORY_FRAMES] = rms > 0 ? Math.max(FLOOR_DB, 20 * Math.log10(rms)) : FLOOR_DB;
       this.frames += 1;
+      this.sum = 0;
+      this.count = 0;
     }
   }
 

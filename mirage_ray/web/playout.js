@@ -28,7 +28,7 @@ const AUDIO_STALE_MS = 600; // no audio heard for this long: video no longer wai
 const MAX_VIDEO_WAIT_MS = 1500; // a frame never waits longer than this for its sound (a broken clock must not freeze)
 const MAX_QUEUED_FRAMES = 60;
 const LATE_DROP_MS = 120; // a frame whose sound was heard longer ago than this is not shown ...
-const MAX_FREEZE_MS = 1000; // ... unless the picture has not changed for this long (a picture slower than the voice)
+const MAX_FREEZE_MS = 3000; // ... unless the picture has not changed for this long, or sync is given up
 const SKEW_PENDING_MS = 4000; // a shown frame whose sound never plays (dropped, trimmed) is not measured
 
 /** Last `limit` numbers, with percentiles. */
@@ -305,7 +305,8 @@ export class AudioClock {
 /**
  * Returned video frames wait until the audio clock reaches their capture time, then the newest due frame is drawn
  * (older due ones are skipped). A frame that arrives after its sound was heard is drawn at once, unless it is more
- * than LATE_DROP_MS late and the picture changed recently. Every drawn frame is checked later against when its
+ * than LATE_DROP_MS late (then it is skipped, unless the picture has not changed for MAX_FREEZE_MS or sync is
+ * given up: the voice already held back as far as it goes). Every drawn frame is checked later against when its
  * sound was actually heard: `skewMs` = shown − heard (positive: the picture is late).
  */
 export class VideoPlayout {
@@ -320,7 +321,8 @@ export class VideoPlayout {
     this.forced = 0;
     this.lateDropped = 0;
     this.shown = 0;
-    this.lastDrawnMs = -Infinity;
+    this.syncLost = false; // the voice cannot be held back enough: late frames are shown, out of sync
+    this.lastDrawnMs = performance.now();
     this.lateness = []; // {t, lateMs}: how much later than its sound each frame arrived
     this.lastShownCaptureMs = null;
   }
@@ -360,7 +362,8 @@ export class VideoPlayout {
     const frame = this.queue[due];
     this.queue = this.queue.slice(due + 1);
     const soundAt = heard === null ? null : this.clock.heardWhen(frame.captureMs);
-    if (soundAt !== null && now - soundAt > LATE_DROP_MS && now - this.lastDrawnMs < MAX_FREEZE_MS) {
+    const tooLate = soundAt !== null && now - soundAt > LATE_DROP_MS;
+    if (tooLate && !this.syncLost && now - this.lastDrawnMs < MAX_FREEZE_MS) {
       this.lateDropped += 1; // its sound was heard too long ago: out of sync, and a newer frame is near
       frame.bitmap.close();
       return;
@@ -406,6 +409,7 @@ export class VideoPlayout {
     this.pendingSkew = [];
     this.lateness = [];
     this.lastShownCaptureMs = null;
+    this.lastDrawnMs = performance.now(); // a new session's first frame must be in sync too (or 3 s pass)
   }
 }
 
@@ -414,6 +418,11 @@ export class VideoPlayout {
  * frames (90th percentile) arrive no later than their sound is heard; the hold is released again as the picture
  * catches up. Only a picture slower than the voice costs voice latency.
  */
+/** The picture is later than its sound even with the largest hold: sync is given up (frames shown late). */
+export function lipSyncLost(holdMs, latenessMs) {
+  return holdMs >= MAX_LIP_SYNC_MS && latenessMs !== null && latenessMs > LATE_TOLERANCE_MS;
+}
+
 export function nextLipSyncMs(currentMs, latenessMs) {
   if (latenessMs === null) return currentMs;
   if (latenessMs > LATE_TOLERANCE_MS) return Math.min(MAX_LIP_SYNC_MS, currentMs + latenessMs);

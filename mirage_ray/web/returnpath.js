@@ -4,7 +4,7 @@
 // sample finds the capture time of the voice it carries (samples are conserved and in order, protocol.md).
 
 import { SAMPLE_RATE_HZ } from "./protocol.js";
-import { AudioClock, nextLipSyncMs, RollingSamples, VideoPlayout } from "./playout.js";
+import { AudioClock, lipSyncLost, nextLipSyncMs, RollingSamples, VideoPlayout } from "./playout.js";
 import { HoldBackEstimator } from "./holdback.js";
 
 const MS_PER_SAMPLE = 1000 / SAMPLE_RATE_HZ;
@@ -122,7 +122,9 @@ export class ReturnPath {
     }
     if (this.player && now - this.lastLipSyncAt > LIP_SYNC_EVERY_MS) {
       this.lastLipSyncAt = now;
-      const next = nextLipSyncMs(this.lipSyncMs, this.video.recentLatenessMs(now));
+      const lateness = this.video.recentLatenessMs(now);
+      const next = nextLipSyncMs(this.lipSyncMs, lateness);
+      this.video.syncLost = lipSyncLost(next, lateness);
       if (next !== this.lipSyncMs) {
         this.lipSyncMs = next;
         this.player.setLipSyncMs(next);
@@ -140,6 +142,7 @@ export class ReturnPath {
       holdBackMs: hold,
       holdBackCorrelation: this.holdBack.correlation,
       lipSyncMs: this.lipSyncMs,
+      lipSyncLost: this.video.syncLost,
       audioDelayMs: [...audioDelay.values],
       queueWaitMs: [...queueWait.values],
       avSkewMs: [...video.skewMs.values],
@@ -153,6 +156,7 @@ export class ReturnPath {
       framesShown: video.shown,
       framesSkipped: video.skipped,
       framesLate: video.lateDropped,
+      framesForced: video.forced,
     };
   }
 }
