@@ -20,6 +20,8 @@ import contextlib
 import json
 import os
 import resource
+import signal
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -317,7 +319,9 @@ async def main_async(args: argparse.Namespace) -> None:
         baseline[n] = s["cpu_per_session_s"]
         print_row("one process", n, s, None)
     env = {"MIRAGE_JWT_SECRET": BENCH_JWT_SECRET}
-    with launched(CPU_CONFIG, sets=sets, num_cpus=2, env=env, timeout_s=300) as ready:
+    config = profile_variant(args.ingress_replicas)
+    print(f"config: {CPU_CONFIG.name}, Ingress replicas {args.ingress_replicas}, sets {sets or 'none'}")
+    with launched(config, sets=sets, num_cpus=2, env=env, timeout_s=300) as ready:
         app = ServeApp(ready["url"], ready["url"].replace("http://", "ws://") + "ws", ready["ray_address"], 0.0)
         splits = {}
         for n in args.sessions:
@@ -330,6 +334,23 @@ async def main_async(args: argparse.Namespace) -> None:
         for n, split in splits.items():
             parts = sorted(split.items(), key=lambda kv: -kv[1])
             print(f"N={n}: " + ", ".join(f"{name} {sec / args.seconds:.2f}" for name, sec in parts if sec > 0.005))
+
+
+def profile_variant(ingress_replicas: int) -> Path:
+    """serve_config.cpu.yaml, or a copy of it with another number of Ingress replicas (to compare placements)."""
+    if ingress_replicas == 1:
+        return CPU_CONFIG
+    import tempfile
+
+    import yaml
+
+    config = yaml.safe_load(CPU_CONFIG.read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Ingress":
+            deployment["num_replicas"] = ingress_replicas
+    target = Path(tempfile.mkdtemp(prefix="mirage-bench-")) / "serve_config.cpu.yaml"
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -352,7 +373,9 @@ def main() -> None:
     parser.add_argument("--in-process", type=int, nargs="*", default=[1, 4], help="baseline session counts")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--set", action="append", default=[], help="application arg key=value (repeatable)")
+    parser.add_argument("--ingress-replicas", type=int, default=1, help="compare with more Ingress replicas")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the app it started (launched's finally) on kill
     asyncio.run(main_async(args))
 
 
