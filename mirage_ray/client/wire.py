@@ -57,6 +57,7 @@ class MirageConnection:
         self.video_target: dict[str, Any] = {}  # hello's video, then each directive's
         self.audio_chunk_ms: int | None = None
         self.errors: list[dict[str, Any]] = []
+        self._settings_answers = 0
         self.closed: ServerClosedError | None = None
         self._seq = {Kind.VIDEO: 0, Kind.AUDIO: 0, Kind.REFERENCE: 0}
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
@@ -129,6 +130,7 @@ class MirageConnection:
                 self.audio_chunk_ms = int(message["audio_chunk_ms"])
             logger.info("directive: %s", {k: v for k, v in message.items() if k != "type"})
         elif kind == "settings":
+            self._settings_answers += 1
             self.settings.update({k: v for k, v in message.items() if k not in ("type", "applied")})
         elif kind == "error":
             self.errors.append(message)
@@ -193,18 +195,22 @@ class MirageConnection:
         return reply
 
     async def apply_settings(self, timeout_s: float = REPLY_TIMEOUT_S, **fields: Any) -> dict[str, Any]:
-        """Send a ``settings`` message and wait for its answer; a refused field raises :class:`ClientError`."""
+        """Send a ``settings`` message and wait for its answer (``settings``, or an ``error`` for a refused field:
+        the contract only promises the latter); a refused field raises :class:`ClientError`."""
         if not fields:
             return self.settings
-        errors_before = len(self.errors)
-        reply_waiter = asyncio.ensure_future(self.wait_json("settings", timeout_s))
-        await asyncio.sleep(0)
+        errors_before, answers_before = len(self.errors), self._settings_answers
         await self.send_json({"type": "settings", **fields})
-        reply = await reply_waiter
-        refused = [e for e in self.errors[errors_before:] if e.get("code") == "bad_setting"]
-        if refused:
-            raise ClientError(f"the server refused a setting: {refused[0].get('message')}")
-        return reply
+
+        def refused() -> list[dict[str, Any]]:
+            return [e for e in self.errors[errors_before:] if e.get("code") == "bad_setting"]
+
+        answered = await self.wait_until(lambda: self._settings_answers > answers_before or bool(refused()), timeout_s)
+        if refused():
+            raise ClientError(f"the server refused a setting: {refused()[0].get('message')}")
+        if not answered:
+            raise self.closed or ClientError(f"no answer to the settings within {timeout_s:.0f} s")
+        return self.settings
 
     async def flush(self) -> None:
         """End of stream: the server completes the partial audio block so that samples out == samples in."""
