@@ -254,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_run = bench_sub.add_parser("run", help="run one benchmark")
     bench_run.add_argument("name", help="e.g. voice for bench/bench_voice.py")
     bench_run.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
-    models = sub.add_parser("models", help="list, fetch or verify the production model files")
+    models = sub.add_parser(
+        "models",
+        help="list, fetch or verify the production model files",
+        description="The production backends' files (SCRFD, ArcFace, InSwapper, CodeFormer, RVC's RMVPE and "
+        "ContentVec) live in MIRAGE_MODEL_DIR. Nothing downloads on its own: `fetch` does, with progress, resume, "
+        "a lock, sha256 and atomic rename; `verify` rehashes. Without them the embedded defaults run.",
+    )
     models_sub = models.add_subparsers(dest="action", required=True)
     models_sub.add_parser("list", help="every file: where it lives, present/verified, size, licence")
     fetch = models_sub.add_parser("fetch", help="download with progress, resume, lock, sha256 and atomic rename")
@@ -263,10 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify = models_sub.add_parser("verify", help="rehash files against their published sha256")
     verify.add_argument("names", nargs="*")
     verify.add_argument("--pin", action="store_true", help="record the hash of files that have no published one")
-    token = sub.add_parser("token", help="print a JWT for the configured MIRAGE_JWT_SECRET")
+    token = sub.add_parser(
+        "token",
+        help="print a JWT for the configured MIRAGE_JWT_SECRET",
+        description="Print a token for a WebSocket client (the page's Access token field, `mirage-ray client "
+        "--token`), signed with the server's HMAC key: set MIRAGE_JWT_SECRET (and MIRAGE_JWT_ISSUER if the server "
+        "checks one) to the server's values. A local server without a key makes its own tokens.",
+    )
     token.add_argument("--sub", required=True, help="the subject (user id) the token is for")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
-    sub.add_parser("settings", help="print every setting with its current value (env MIRAGE_*)")
+    sub.add_parser(
+        "settings",
+        help="print every setting with its current value (env MIRAGE_*)",
+        description="Print every server setting as JSON with the value the environment gives it (MIRAGE_* "
+        "variables; the JWT secret is never printed). An invalid value is refused with its allowed range. "
+        "docs/configuration.md describes each one.",
+    )
     return parser
 
 
