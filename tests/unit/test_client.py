@@ -192,6 +192,35 @@ def test_frames_folder_and_outputs(tmp_path: Path) -> None:
         VideoOutput(tmp_path / "out.gif", fps=10.0)
 
 
+def test_a_video_with_its_audio_is_read_with_pyav(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    path = tmp_path / "talk.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=20)
+        video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+        audio = container.add_stream("aac", rate=48_000)
+        audio.layout = "mono"
+        for index in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 10 * index, np.uint8), format="bgr24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        tone = (0.3 * np.sin(2 * np.pi * 300 * np.arange(48_000) / 48_000)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48_000, start
+            for packet in audio.encode(frame):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    media = open_input(path)
+    assert media.video is not None and media.video.kind == "pyav" and media.video.fps == 20.0
+    frames = list(media.video.frames())
+    assert len(frames) == 20 and frames[1][0] == pytest.approx(0.05) and frames[0][1].shape == (120, 160, 3)
+    assert abs(len(media.audio) - 16_000) < 400  # 1 s at 16 kHz (the AAC encoder adds a little priming)
+
+
 def test_encode_frame_follows_the_directed_size_and_quality() -> None:
     image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     small = cv2.imdecode(np.frombuffer(encode_frame(image, {"width": 256, "height": 256}), np.uint8), 1)
