@@ -27,6 +27,17 @@ class ServeApp:
     metrics_port: int
     deployments: dict[str, str]
 
+    @classmethod
+    def from_ready(cls, ready: dict) -> ServeApp:
+        """From the launcher's ready record (actors.launch.launched)."""
+        return cls(
+            url=ready["url"],
+            ws_url=ready["url"].replace("http://", "ws://") + "ws",
+            ray_address=ready["ray_address"],
+            metrics_port=ready["metrics_port"],
+            deployments=ready["deployments"],
+        )
+
     def token(self, sub: str = "tester", ttl_s: float = 600, **claims: object) -> str:
         now = int(time.time())
         body = {"sub": sub, "aud": "mirage", "iat": now, "nbf": now, "exp": now + int(ttl_s), **claims}
@@ -45,10 +56,4 @@ def serve_app() -> Iterator[ServeApp]:
     config = REPO_ROOT / "serve_config.yaml"
     env = {"MIRAGE_JWT_SECRET": TEST_JWT_SECRET}
     with launched(config, sets=sets, num_cpus=2, num_gpus=1, env=env, timeout_s=START_TIMEOUT_S) as ready:
-        yield ServeApp(
-            url=ready["url"],
-            ws_url=ready["url"].replace("http://", "ws://") + "ws",
-            ray_address=ready["ray_address"],
-            metrics_port=ready["metrics_port"],
-            deployments=ready["deployments"],
-        )
+        yield ServeApp.from_ready(ready)

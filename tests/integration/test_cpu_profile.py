@@ -27,13 +27,7 @@ def cpu_app() -> Iterator[ServeApp]:
     config = REPO_ROOT / "serve_config.cpu.yaml"
     env = {"MIRAGE_JWT_SECRET": TEST_JWT_SECRET}
     with launched(config, num_cpus=2, num_gpus=0, env=env, timeout_s=START_TIMEOUT_S) as ready:
-        yield ServeApp(
-            url=ready["url"],
-            ws_url=ready["url"].replace("http://", "ws://") + "ws",
-            ray_address=ready["ray_address"],
-            metrics_port=ready["metrics_port"],
-            deployments=ready["deployments"],
-        )
+        yield ServeApp.from_ready(ready)
 
 
 async def test_cpu_profile_swaps_and_converts_with_local_stages(cpu_app: ServeApp) -> None:
