@@ -172,11 +172,13 @@ async function reopen(kind) {
   });
   try {
     const fresh = await navigator.mediaDevices.getUserMedia({ [kind]: constraints[kind] });
-    const keep = stream.getTracks().filter((t) => t.kind !== kind);
-    for (const t of stream.getTracks()) if (t.kind === kind) t.stop();
-    stream = new MediaStream([...keep, ...fresh.getTracks()]);
-    if (kind === "video") el.camera.srcObject = stream;
-    else capture?.setStream(stream);
+    for (const t of stream.getTracks()) {
+      if (t.kind !== kind) continue;
+      stream.removeTrack(t); // the same stream object: the preview keeps playing, tests and tools see the change
+      t.stop();
+    }
+    for (const t of fresh.getTracks()) stream.addTrack(t);
+    if (kind === "audio") capture?.setStream(stream);
     log.add("info", `now using ${fresh.getTracks()[0]?.label || `the chosen ${kind === "video" ? "camera" : "microphone"}`}`);
   } catch (err) {
     log.add("error", `could not switch the ${kind === "video" ? "camera" : "microphone"}: ${err.message}`);

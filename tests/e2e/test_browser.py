@@ -64,6 +64,15 @@ def page(blank_page: object, mirage_base_url: str, token_fragment: str) -> objec
     return blank_page
 
 
+@pytest.fixture
+def echo_page(blank_page: object) -> Iterator[object]:
+    """The page from an echo server of its own: for tests of the page's own code, which need no real server."""
+    server = EchoServer().start()
+    blank_page.goto(server.base_url)
+    yield blank_page
+    server.stop()
+
+
 def _mirage(page: object) -> dict:
     return page.evaluate("() => window.mirage")
 
@@ -190,6 +199,9 @@ def test_page_streams_in_sync_and_follows_the_server(
     assert page.text_content("#referenceStatus").startswith("ok")
     _wait_js(page, "m.passthrough === false")  # frames now come back swapped (flag bit 0 clear)
     assert not page.is_visible("#badge")
+    _wait_js(page, "m.rttMs !== null && m.timing.mouthToEarP50 !== null")
+    page.wait_for_timeout(3000)  # a few swapped frames and figures on screen
+    _save_screenshot(page, "page-streaming.png", tmp_path)
     page.set_input_files("#reference", str(e2e_media.broken_jpeg))
     _wait_js(page, "m.lastReference.ok === false")
     assert page.text_content("#referenceStatus").startswith("error")
@@ -198,8 +210,6 @@ def test_page_streams_in_sync_and_follows_the_server(
     hold_back = _check_timing(page)
     if echo_server is not None:
         assert hold_back < 5  # the echo server returns the voice as sent: the measured hold-back is 0
-    _wait_js(page, "m.rttMs !== null")
-    _save_screenshot(page, "page-streaming.png", tmp_path)
 
     if echo_server is not None:
         _check_echo_server_view(page, echo_server)
@@ -451,9 +461,36 @@ def test_page_shows_paused_video(blank_page: object, variant_server: EchoServer)
     assert "paused" in page.inner_text("#log")
 
 
+@pytest.mark.parametrize("variant_server", [EchoOptions()], indirect=True)
+def test_page_switches_devices_and_toggles_within_the_session(blank_page: object, variant_server: EchoServer) -> None:
+    """Another microphone, echo cancellation off, voice bypass: the session goes on, the voice keeps flowing."""
+    page = blank_page
+    page.goto(variant_server.base_url)
+    page.click("#start")
+    _wait_js(page, f"{LIVE} && m.audioChunksReceived > 3")
+    session = _mirage(page)["hello"]["session_id"]
+    mics = page.eval_on_selector_all("#micSelect option", "els => els.map(e => e.value)")
+    assert len(mics) > 1
+    track = "document.getElementById('camera').srcObject.getAudioTracks()[0]"
+    page.select_option("#micSelect", mics[-1])
+    _wait_js(page, f"{track}.getSettings().deviceId === '{mics[-1]}'")
+    page.uncheck("#echoCancel")
+    _wait_js(page, f"{track}.getSettings().echoCancellation === false")
+    page.check("#bypass")
+    chunks = _mirage(page)["audioChunksSent"]
+    delays = len(_mirage(page)["timing"]["audioDelayMs"])
+    _wait_js(page, f"m.audioChunksSent > {chunks + 5} && m.timing.audioDelayMs.length > {delays + 5}")
+    m = _mirage(page)
+    assert m["hello"]["session_id"] == session and m["socketsOpened"] == 1
+    assert m["sentAudioPeakRms"] > MIN_SPEECH_RMS
+    assert "voice bypass on" in page.inner_text("#log")
+    assert "could not switch" not in page.inner_text("#log")
+
+
 @pytest.mark.parametrize("context_rate", [48000, 44100])
-def test_worklet_resamples_to_16k_without_aliasing(page: object, context_rate: int) -> None:
+def test_worklet_resamples_to_16k_without_aliasing(echo_page: object, context_rate: int) -> None:
     """The capture worklet in an offline context: a 1 kHz tone keeps its shape, a 10 kHz tone is filtered out."""
+    page = echo_page
     script = """async ([rate, freq]) => {
         const ctx = new OfflineAudioContext(1, rate * 2, rate);
         await ctx.audioWorklet.addModule('./web/audio-worklet.js');
@@ -489,8 +526,9 @@ def test_worklet_resamples_to_16k_without_aliasing(page: object, context_rate: i
     assert np.sqrt(np.mean(leaked**2)) < 0.5 / np.sqrt(2) / 100  # 10 kHz > 8 kHz Nyquist: at least 40 dB down
 
 
-def test_protocol_js_header_matches_python_struct(page: object) -> None:
+def test_protocol_js_header_matches_python_struct(echo_page: object) -> None:
     """protocol.js packs and unpacks the 16-byte little-endian header exactly like the server's struct layout."""
+    page = echo_page
     result = page.evaluate(
         """async () => {
             const P = await import('./web/protocol.js');
