@@ -9,9 +9,12 @@ import { AudioPlayout } from "./playout.js";
 import { ReturnPath } from "./returnpath.js";
 import { Connection } from "./connection.js";
 import { Sender } from "./sender.js";
+import { ReferencePhoto } from "./reference.js";
 import { enhancerAvailability, SettingsControls } from "./controls.js";
-import { DevicePicker } from "./devices.js";
-import { degradedReasons, directiveSentence, errorSentence, fmtNumber, settingsSentence } from "./health.js";
+import { DevicePicker, replaceTrack } from "./devices.js";
+import {
+  degradedReasons, directiveSentence, errorSentence, fmtNumber, ReasonLog, settingsSentence,
+} from "./health.js";
 import { backendsHtml, collectElements, LogView, overlayRows, RateMeter, renderRows } from "./ui.js";
 
 const PING_INTERVAL_MS = 2000;
@@ -47,11 +50,15 @@ let grabber = null;
 let userStopped = false;
 let fragmentToken = null;
 let pingTimer = null;
-let lastReferenceBytes = null; // the last reference the server accepted: re-sent after a reconnect
-let pendingReferenceBytes = null; // chosen, not answered yet
 let userSettings = {}; // settings the user changed and the server applied: re-sent after a reconnect
-let lastReasonKinds = new Set(); // the degraded reasons last logged, by kind
 const receivedRate = new RateMeter();
+const health = new ReasonLog();
+const reference = new ReferencePhoto(
+  { input: el.reference, preview: el.referencePreview, status: el.referenceStatus },
+  (bytes) => isLive() && (sender.reference(bytes), true),
+  () => mirage.hello?.limits?.max_frame_bytes,
+  (level, text) => log.add(level, text),
+);
 const back = new ReturnPath(drawFrame);
 mirage.timing = back.timing();
 const controls = new SettingsControls(el.settings, onSettingChanged);
@@ -153,7 +160,7 @@ function clearLiveView() {
     degradedReasons: [], audioUnconvertedTimes: [], audioUnderrunTimes: [],
   });
   back.clearFigures();
-  lastReasonKinds = new Set();
+  health.reset();
   refreshOverlay();
 }
 
@@ -167,21 +174,16 @@ function refreshDevices() {
 /** Another camera or microphone (or echo cancellation switched): reopen that input, keep the session. */
 async function reopen(kind) {
   if (!stream) return;
-  const constraints = mediaConstraints({
-    cameraId: devices.cameraId, micId: devices.micId, echoCancellation: el.echoCancel.checked,
-  });
+  const what = kind === "video" ? "camera" : "microphone";
   try {
-    const fresh = await navigator.mediaDevices.getUserMedia({ [kind]: constraints[kind] });
-    for (const t of stream.getTracks()) {
-      if (t.kind !== kind) continue;
-      stream.removeTrack(t); // the same stream object: the preview keeps playing, tests and tools see the change
-      t.stop();
-    }
-    for (const t of fresh.getTracks()) stream.addTrack(t);
+    const constraints = mediaConstraints({
+      cameraId: devices.cameraId, micId: devices.micId, echoCancellation: el.echoCancel.checked,
+    });
+    const label = await replaceTrack(stream, kind, constraints[kind]);
     if (kind === "audio") capture?.setStream(stream);
-    log.add("info", `now using ${fresh.getTracks()[0]?.label || `the chosen ${kind === "video" ? "camera" : "microphone"}`}`);
+    log.add("info", `now using ${label || `the chosen ${what}`}`);
   } catch (err) {
-    log.add("error", `could not switch the ${kind === "video" ? "camera" : "microphone"}: ${err.message}`);
+    log.add("error", `could not switch the ${what}: ${err.message}`);
   }
   refreshDevices();
 }
@@ -289,8 +291,7 @@ function onHello(msg) {
   log.add("info", `connected: session ${msg.session_id}${describeSettings(mirage.settings)}`);
   setState("streaming");
   if (Object.keys(userSettings).length) connection.send(P.settingsMessage(userSettings));
-  const reference = pendingReferenceBytes ?? lastReferenceBytes;
-  if (reference) sendReference(reference, "sending the reference photo again for this session");
+  reference.sessionStarted();
   pingTimer = setInterval(() => isLive() && connection.send(P.pingMessage(performance.now())), PING_INTERVAL_MS);
   sender.start(grabber);
 }
@@ -346,15 +347,8 @@ function applyMediaConfig(videoConfig, blockMs) {
 
 function onReference(msg) {
   mirage.lastReference = msg;
-  if (msg.ok && pendingReferenceBytes) lastReferenceBytes = pendingReferenceBytes;
   if (msg.ok) mirage.referenceSet = true;
-  pendingReferenceBytes = null;
-  const text = msg.ok
-    ? `ok — ${msg.faces ?? "?"} face${msg.faces === 1 ? "" : "s"} found`
-    : `error: ${msg.error ?? "reference rejected"}`;
-  el.referenceStatus.textContent = text;
-  el.referenceStatus.dataset.ok = String(Boolean(msg.ok));
-  log.add(msg.ok ? "info" : "error", `reference photo: ${text}`);
+  reference.answered(msg);
 }
 
 // --- binary messages -------------------------------------------------------------------------------------
@@ -428,38 +422,6 @@ function onAudioChunk({ pcm, perfMs, rms }) {
   back.sent(pcm, perfMs);
 }
 
-function sendReference(bytes, why) {
-  pendingReferenceBytes = bytes; // until the server answers; sent with the next session if this one ends first
-  if (!isLive()) {
-    el.referenceStatus.textContent = "will be sent when connected";
-    return;
-  }
-  const limit = mirage.hello?.limits?.max_frame_bytes;
-  if (limit && bytes.byteLength + P.HEADER_BYTES > limit) {
-    el.referenceStatus.textContent = `error: file is ${bytes.byteLength} bytes, the server accepts ${limit}`;
-    pendingReferenceBytes = null;
-    return;
-  }
-  sender.reference(bytes);
-  el.referenceStatus.textContent = "uploaded, waiting for the server…";
-  el.referenceStatus.dataset.ok = "";
-  log.add("info", why);
-}
-
-async function onReferenceChosen() {
-  const file = el.reference.files?.[0];
-  if (!file) return;
-  const bytes = new Uint8Array(await file.arrayBuffer());
-  const mime = P.imageMimeOf(bytes);
-  if (!mime) {
-    el.referenceStatus.textContent = "error: choose a JPEG or PNG image";
-    return;
-  }
-  URL.revokeObjectURL(el.referencePreview.src);
-  el.referencePreview.src = URL.createObjectURL(new Blob([bytes], { type: mime }));
-  sendReference(bytes, `reference photo ${file.name} (${Math.round(bytes.byteLength / 1024)} kB) sent`);
-}
-
 function onSettingChanged(key, value) {
   mirage.settingsSent[key] = value;
   mirage.controls = controls.values();
@@ -485,11 +447,7 @@ function publishHealth(now) {
   mirage.audioUnderrunTimes = mirage.audioUnderrunTimes.filter((t) => t > cutoff);
   const reasons = degradedReasons(mirage, now);
   mirage.degradedReasons = reasons.map((r) => r.text);
-  const kinds = new Map(reasons.map((r) => [r.kind, r.text]));
-  for (const [kind, text] of kinds) if (!lastReasonKinds.has(kind)) log.add("warn", `degraded: ${text}`);
-  for (const kind of lastReasonKinds) if (!kinds.has(kind)) log.add("info", `recovered: ${kind.replaceAll("-", " ")}`);
-  if (lastReasonKinds.size && !kinds.size) log.add("info", "back to full quality");
-  lastReasonKinds = new Set(kinds.keys());
+  for (const [level, text] of health.changes(reasons)) log.add(level, text);
   el.degraded.hidden = !reasons.length;
   el.degradedReasons.replaceChildren(...reasons.map((r) => Object.assign(document.createElement("li"), { textContent: r.text })));
   setState(reasons.length ? "degraded" : "streaming", reasons[0]?.text ?? "");
@@ -538,7 +496,6 @@ function init() {
     connect();
   });
   el.tokenConnect.addEventListener("click", onTokenConnect);
-  el.reference.addEventListener("change", onReferenceChosen);
   el.echoCancel.addEventListener("change", () => reopen("audio"));
   el.monitor.addEventListener("change", () => player?.setMonitor(el.monitor.checked));
   el.bypass.addEventListener("change", () => log.add("info", el.bypass.checked

@@ -1,5 +1,5 @@
 // Camera, microphone and speaker choice: three selects filled from enumerateDevices (labels appear once the page
-// has camera/microphone permission), refreshed when devices come and go.
+// has camera/microphone permission), refreshed when devices come and go; a chosen input replaces its track.
 
 import { canChooseSpeaker, listDevices } from "./media.js";
 
@@ -48,4 +48,19 @@ export class DevicePicker {
   get speakerId() {
     return this.speakerChoosable ? this.selects.speaker.value : "";
   }
+}
+
+/**
+ * Replace `stream`'s track of `kind` ("audio" | "video") with a fresh one opened with `constraints`, in the same
+ * stream object (the preview keeps playing; whoever holds the stream sees the change). Returns the new label.
+ */
+export async function replaceTrack(stream, kind, constraints) {
+  const fresh = await navigator.mediaDevices.getUserMedia({ [kind]: constraints });
+  for (const t of stream.getTracks()) {
+    if (t.kind !== kind) continue;
+    stream.removeTrack(t);
+    t.stop();
+  }
+  for (const t of fresh.getTracks()) stream.addTrack(t);
+  return fresh.getTracks()[0]?.label ?? "";
 }

@@ -136,3 +136,25 @@ export function degradedReasons(m, now) {
   }
   return reasons;
 }
+
+/** Log lines for changes in the degraded reasons: one when a cause appears, one when it goes. */
+export class ReasonLog {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.kinds = new Set();
+  }
+
+  /** `[level, sentence]` pairs for what changed since the last call. */
+  changes(reasons) {
+    const now = new Map(reasons.map((r) => [r.kind, r.text]));
+    const lines = [];
+    for (const [kind, text] of now) if (!this.kinds.has(kind)) lines.push(["warn", `degraded: ${text}`]);
+    for (const kind of this.kinds) if (!now.has(kind)) lines.push(["info", `recovered: ${kind.replaceAll("-", " ")}`]);
+    if (this.kinds.size && !now.size) lines.push(["info", "back to full quality"]);
+    this.kinds = new Set(now.keys());
+    return lines;
+  }
+}

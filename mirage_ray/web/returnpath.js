@@ -4,7 +4,8 @@
 // sample finds the capture time of the voice it carries (samples are conserved and in order, protocol.md).
 
 import { SAMPLE_RATE_HZ } from "./protocol.js";
-import { AudioClock, lipSyncLost, nextLipSyncMs, RollingSamples, VideoPlayout } from "./playout.js";
+import { AudioClock, RollingSamples } from "./playout.js";
+import { lipSyncLost, nextLipSyncMs, VideoPlayout } from "./videoplayout.js";
 import { HoldBackEstimator } from "./holdback.js";
 
 const MS_PER_SAMPLE = 1000 / SAMPLE_RATE_HZ;
