@@ -1,4 +1,11 @@
-"""The ingress deployment: one Starlette app per replica (built at replica start), sessions over Ray handles."""
+"""The ingress deployment: one Starlette app per replica (built at replica start), sessions over Ray handles.
+
+Shutdown: Serve stops a replica by draining its ongoing requests (every WebSocket session is one, for its whole life)
+for up to ``graceful_shutdown_timeout_s``, then kills it; the replica's ``__del__`` runs only once the drain is over,
+too late to say goodbye. So each replica watches its application's status, and when Serve deletes the application
+(``serve.delete``, ``serve.shutdown``, the launcher's SIGTERM, a RayService update that drops it) it closes every
+session with 1001 after answering the audio it received (``ServerContext.shutdown``); the drain then ends at once.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ApplicationStatus
 from starlette.applications import Starlette
 
 from actors.controller import get_or_create_controller
@@ -33,6 +42,7 @@ READY_TIMEOUT_S = 10.0
 WARM_UP_SIDE_PX = 64
 STAGES = ("detector", "swapper", "enhancer", "voice")
 ADMISSION_TIMEOUT_S = 1.0
+SHUTDOWN_POLL_S = 1.0  # how often a replica looks whether Serve is deleting its application (adds to the drain time)
 
 
 def build_local_stages(settings: MirageSettings, workers: Workers) -> LocalStages | None:
@@ -156,6 +166,7 @@ class IngressDeployment:
         self._auth = build_auth(settings, auto_secret=auto_secret)
         self._metrics = RayMetricsSink()
         self._controller: Any = None
+        self._shutdown_watch: asyncio.Task[None] | None = None
 
     async def _readiness(self) -> dict[str, Any]:
         async def one(stage: str) -> tuple[str, dict[str, Any]]:
@@ -216,4 +227,26 @@ class IngressDeployment:
             self._controller_handle, LocalAdmission(self._settings.sessions_per_replica, context.summaries)
         )
         logger.info("ingress ready; backends: %s", {k: v.get("name") for k, v in report.items()})
+        app_name = serve.get_replica_context().app_name
+        self._shutdown_watch = asyncio.create_task(close_sessions_when_deleted(context, app_name))
         return build_app(context)
+
+
+async def application_deleted(app_name: str) -> bool:
+    """Whether Serve is deleting ``app_name`` (an empty answer, e.g. no controller reachable, is not a deletion)."""
+    status = await asyncio.to_thread(serve.status)
+    app = status.applications.get(app_name)
+    return app is not None and app.status == ApplicationStatus.DELETING
+
+
+async def close_sessions_when_deleted(context: ServerContext, app_name: str) -> None:
+    """Close every session of this replica with 1001 once Serve deletes the application (see the module doc)."""
+    while True:
+        await asyncio.sleep(SHUTDOWN_POLL_S)
+        try:
+            if await application_deleted(app_name):
+                break
+        except Exception as exc:  # the controller restarting: look again next time
+            logger.debug("serve.status() failed: %s", exc)
+    logger.info("application %s is being deleted: closing this replica's sessions", app_name)
+    await context.shutdown()

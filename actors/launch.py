@@ -5,7 +5,9 @@ Used by ``make run`` and by the integration tests (the same path a user takes)::
     python -m actors.launch run [--config serve_config.yaml] [--port 8000] [--set key=value ...]
 
 Without ``--config`` it picks serve_config.yaml (A10G profile: GPU fractions) when a GPU is visible, else
-serve_config.cpu.yaml. SIGINT / SIGTERM shut Serve down and stop the Ray head it started.
+serve_config.cpu.yaml. SIGINT / SIGTERM drain the application first (Serve deletes it; every ingress replica closes
+its sessions with 1001 after answering the audio it received; at most DRAIN_TIMEOUT_S), then stop the Ray head it
+started.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
 READY_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 1.0
 STOP_GRACE_S = 5.0
-LAUNCH_GRACE_S = 60.0  # beyond the ready timeout: Ray's own start, and the launcher's clean stop
+DRAIN_TIMEOUT_S = 30.0  # SIGTERM: the application's deletion (sessions closed with 1001), at most this long
+LAUNCH_GRACE_S = 60.0  # beyond the ready timeout: Ray's own start, and the launcher's clean stop (drain included)
 APP_NAME = "mirage"
 
 
@@ -107,6 +110,28 @@ def wait_running(address: str, timeout_s: float) -> dict[str, str]:
                     raise RuntimeError(f"deployments unhealthy: {unhealthy}")
             time.sleep(POLL_INTERVAL_S)
         raise TimeoutError(f"deployments not all RUNNING after {timeout_s:.0f} s: {statuses}")
+    finally:
+        ray.shutdown()
+
+
+def drain_application(address: str, timeout_s: float) -> bool:
+    """Delete the application through Serve and wait until it is gone (at most ``timeout_s``); True if it went.
+
+    Serve drains each replica before stopping it; the ingress replicas close their sessions with 1001 meanwhile
+    (actors/ingress.py), while the proxy is still up to carry the close frames (``serve.shutdown`` would stop it too).
+    """
+    import ray
+    from ray import serve
+
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        serve.delete(APP_NAME, _blocking=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if APP_NAME not in serve.status().applications:
+                return True
+            time.sleep(POLL_INTERVAL_S / 4)
+        return False
     finally:
         ray.shutdown()
 
@@ -275,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     work_dir = Path(tempfile.mkdtemp(prefix="mirage-config-"))
+    deployed = False
     try:
         config = write_config(source, args.host, args.port, parse_sets(args.set), work_dir)
         problem = check_config(config)
@@ -285,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("deploying %s", source.name)
         deploy(config, cluster.address)
         statuses = wait_running(cluster.address, args.timeout)
+        deployed = True
         signal.signal(signal.SIGTERM, request_stop)  # ray.init replaced our handlers with its own
         signal.signal(signal.SIGINT, request_stop)
         url = f"http://{args.host}:{args.port}/"
@@ -294,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
             "metrics_port": cluster.metrics_port,
             "temp_dir": str(cluster.temp_dir),
             "deployments": statuses,
+            "launcher_pid": os.getpid(),  # SIGTERM here drains and stops everything
         }
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(ready))
@@ -306,9 +334,17 @@ def run(args: argparse.Namespace) -> int:
         logger.error("start failed: %s", exc)
         return 1
     finally:
-        cluster.stop()
-        shutil.rmtree(work_dir, ignore_errors=True)
-        logger.info("stopped")
+        try:
+            if deployed:
+                started = time.monotonic()
+                outcome = "drained" if drain_application(cluster.address, DRAIN_TIMEOUT_S) else "not drained"
+                logger.info("application %s in %.1f s", outcome, time.monotonic() - started)
+        except Exception as exc:
+            logger.warning("drain failed (%s); stopping anyway", exc)
+        finally:
+            cluster.stop()
+            shutil.rmtree(work_dir, ignore_errors=True)
+            logger.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +382,8 @@ def launched(
     timeout_s: float = READY_TIMEOUT_S,
 ) -> Iterator[dict[str, Any]]:
     """Run ``python -m actors.launch run`` as a child on free loopback ports; yield its ready record (url,
-    ray_address, metrics_port, temp_dir, deployments) once every deployment is RUNNING; SIGTERM it at exit.
+    ray_address, metrics_port, temp_dir, deployments, launcher_pid) once every deployment is RUNNING; SIGTERM it at
+    exit.
 
     The path tests and benchmarks share, the same one ``make run`` takes."""
     pin_ray_auth_mode()
