@@ -48,7 +48,7 @@ async def test_sigterm_closes_every_session_1001_and_answers_the_audio_it_took()
     config = REPO_ROOT / "serve_config.cpu.yaml"
     env = {"MIRAGE_JWT_SECRET": TEST_JWT_SECRET}
     with launched(config, num_cpus=2, num_gpus=0, env=env, timeout_s=START_TIMEOUT_S) as ready:
-        app = ServeApp(ready["url"], ready["url"].replace("http://", "ws://") + "ws", ready["ray_address"], 0, {})
+        app = ServeApp.from_ready(ready)
         clients = [await Client.open(app, app.token(sub=f"drain-{i}")) for i in range(SESSIONS)]
         for client in clients:
             await client.next_json("hello")
