@@ -31,7 +31,7 @@ const log = new LogView(el.log);
 const mirage = {
   state: "idle", hello: null, closeCode: null, closeReason: "", socketsOpened: 0,
   framesSent: 0, framesReceived: 0, framesSkipped: 0, lipSyncMs: 0,
-  passthrough: null, passthroughSince: 0, referenceSet: false,
+  passthrough: null, passthroughSince: 0, referenceSet: false, referenceSetAt: null,
   audioChunksSent: 0, audioSamplesSent: 0, audioChunksReceived: 0, audioSamplesReceived: 0,
   audioUnderruns: 0, audioDropped: 0, audioTrimmedMs: 0, audioAheadMs: 0, sentAudioRms: 0, sentAudioPeakRms: 0,
   audioUnconverted: 0, audioUnconvertedTimes: [], audioUnderrunTimes: [], audioFallback: null,
@@ -347,6 +347,7 @@ function applyMediaConfig(videoConfig, blockMs) {
 
 function onReference(msg) {
   mirage.lastReference = msg;
+  if (msg.ok && !mirage.referenceSet) mirage.referenceSetAt = performance.now();
   if (msg.ok) mirage.referenceSet = true;
   reference.answered(msg);
 }
@@ -414,6 +415,7 @@ function onAudioReply(msg) {
 // --- sending ---------------------------------------------------------------------------------------------
 
 function onAudioChunk({ pcm, perfMs, rms }) {
+  if (!capture) return; // a chunk the worklet posted just before Stop
   mirage.sentAudioRms = rms;
   mirage.sentAudioPeakRms = Math.max(mirage.sentAudioPeakRms, rms);
   el.level.value = Math.min(1, rms * 4);

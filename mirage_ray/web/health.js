@@ -8,6 +8,7 @@ const HIGH_VIDEO_DELAY_MS = 700; // capture → shown above this (median of rece
 const MIN_DELAY_SAMPLES = 10; // ... once this many chunks were measured
 const RECENT_MS = 10_000; // "recently" for unconverted voice blocks, unswapped frames and gaps
 const GAPS_CALLED_OUT = 3; // this many playback gaps within RECENT_MS is called out
+const UNSWAPPED_CALLED_OUT_MS = 3000; // unswapped frames this long after a reference was accepted are called out
 
 // The server's directive reasons (the part before any ':'), in words.
 const REASON_WORDS = new Map([
@@ -120,7 +121,8 @@ export function degradedReasons(m, now) {
   if (unconverted) {
     add("voice-unconverted", `${unconverted} voice block${unconverted === 1 ? "" : "s"} came back not converted normally`);
   }
-  if (m.referenceSet && m.settings?.swap !== false && m.passthrough && now - m.passthroughSince > 2000) {
+  const unswappedSince = Math.max(m.passthroughSince, m.referenceSetAt ?? Infinity); // frames after the reference
+  if (m.settings?.swap !== false && m.passthrough && now - unswappedSince > UNSWAPPED_CALLED_OUT_MS) {
     add("not-swapped", "faces are not being swapped (no face in view, or the swapper failed)");
   }
   const gaps = recent(m.audioUnderrunTimes, now);

@@ -161,6 +161,7 @@ export class AudioCapture {
   }
 
   stop() {
+    this.node.port.onmessage = null;
     this.node.port.postMessage({ type: "stop" });
     this.source.disconnect();
     this.node.disconnect();
