@@ -23,7 +23,7 @@ import resource
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,9 @@ import websockets
 from actors.launch import _process_tree, launched
 from bench.common import BENCH_JWT_SECRET, CPU_CONFIG, MAX_MESSAGE_BYTES, ServeApp, machine_lines, pct
 from mirage_ray import protocol
-from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.codec import encode_jpeg, float_to_pcm16
 from mirage_ray.config import MirageSettings
-from mirage_ray.models import ModelRegistry
 from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind, Media
-from mirage_ray.session import Session
-from mirage_ray.stages import LocalStages, StageInfo, Workers
 from tests.media import insightface_image, moving_face_frames
 from tests.speech import speech
 
@@ -74,6 +70,7 @@ class SessionFigures:
     flagged_audio: int = 0
     refused: str | None = None
     levels: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # directive reasons (why the ladder moved)
 
 
 class WireSession:
@@ -91,7 +88,9 @@ class WireSession:
     async def run(self, stop_at: float) -> None:
         try:
             self._socket = await websockets.connect(
-                self._app.ws_url, subprotocols=["mirage.v1", f"bearer.{self._app.token()}"], max_size=MAX_MESSAGE_BYTES
+                self._app.ws_url,
+                subprotocols=["mirage.v1", f"bearer.{self._app.token(f'bench-user-{self._index}')}"],
+                max_size=MAX_MESSAGE_BYTES,
             )
         except websockets.InvalidStatus as exc:
             self.figures.refused = f"HTTP {exc.response.status_code}"
@@ -138,8 +137,11 @@ class WireSession:
         async for raw in self._socket:
             now = time.perf_counter()
             if not isinstance(raw, bytes):
-                if '"stats"' in raw and self._from <= now <= self._to:
-                    figures.levels.append(json.loads(raw).get("degrade_level", 0))
+                message = json.loads(raw)
+                if message.get("type") == "stats" and self._from <= now <= self._to:
+                    figures.levels.append(message.get("degrade_level", 0))
+                elif message.get("type") == "directive":
+                    figures.reasons.append(message.get("reason", ""))
                 continue
             media = protocol.parse_media(raw)
             if not self._from <= now <= self._to:
@@ -212,6 +214,11 @@ async def run_wire(app: ServeApp, temp_dir: str, media: LoadMedia, sessions: int
 
 async def run_in_process(settings: MirageSettings, media: LoadMedia, sessions: int, seconds: float) -> dict[str, Any]:
     """The same sessions (reference, 20 fps video, real-time audio) on Session + LocalStages in this process."""
+    from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
+    from mirage_ray.models import ModelRegistry
+    from mirage_ray.session import Session
+    from mirage_ray.stages import LocalStages, StageInfo, Workers
+
     registry = ModelRegistry(settings)
     workers = Workers.from_settings(settings)
     converter, fallback, voice_choice = build_converters(settings, registry)
@@ -247,7 +254,8 @@ async def run_in_process(settings: MirageSettings, media: LoadMedia, sessions: i
                 offset = (seq * SAMPLES_PER_CHUNK) % (len(media.voice) - SAMPLES_PER_CHUNK)
                 sent = time.perf_counter()
                 chunk = float_to_pcm16(media.voice[offset : offset + SAMPLES_PER_CHUNK])
-                replies = await session.on_audio(Media(Kind.AUDIO, seq, int(sent * 1e6), chunk))
+                capture_us = int((sent - AUDIO_CHUNK_MS / 1000.0) * 1e6)  # the chunk's first sample, as on the wire
+                replies = await session.on_audio(Media(Kind.AUDIO, seq, capture_us, chunk))
                 if measure_from <= sent:
                     for reply in replies:
                         if isinstance(reply, Media):
@@ -303,7 +311,7 @@ async def main_async(args: argparse.Namespace) -> None:
     media = load_media()
     sets = list(args.set)
     settings = MirageSettings(**{k: v for k, v in _parse_sets(sets).items() if k in MirageSettings.model_fields})
-    settings = settings.model_copy(update=_cpu_profile_args())
+    settings = settings.model_copy(update=_cpu_profile_args()) if args.in_process else settings
     print("\n".join(machine_lines()))
     load = f"{FPS:.0f} fps 512x512 moving face + real-time speech ({AUDIO_CHUNK_MS} ms chunks) + reference"
     window = f"{args.seconds:.0f} s measured after {WARM_UP_S:.0f} s warm-up"
@@ -323,17 +331,23 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"config: {CPU_CONFIG.name}, Ingress replicas {args.ingress_replicas}, sets {sets or 'none'}")
     with launched(config, sets=sets, num_cpus=2, env=env, timeout_s=300) as ready:
         app = ServeApp(ready["url"], ready["url"].replace("http://", "ws://") + "ws", ready["ray_address"], 0.0)
-        splits = {}
+        splits, moves = {}, {}
         for n in args.sessions:
             result = await run_wire(app, ready["temp_dir"], media, n, args.seconds)
             s = summarise(result)
             reference = baseline.get(n) or baseline.get(min(baseline, key=lambda b: abs(b - n))) if baseline else None
             print_row("Serve", n, s, s["cpu_per_session_s"] / reference if reference else None)
             splits[n] = result["split"]
+            if result["refused"]:
+                print(f"   refused at N={n}: {sorted(set(result['refused']))}", flush=True)
+            moves[n] = [r for f in result["served"] for r in f.reasons]
         print("\nserver CPU by process (cores, i.e. CPU-s per wall-s):")
         for n, split in splits.items():
             parts = sorted(split.items(), key=lambda kv: -kv[1])
             print(f"N={n}: " + ", ".join(f"{name} {sec / args.seconds:.2f}" for name, sec in parts if sec > 0.005))
+        print("\nwhy the ladder moved (directive reasons, all sessions):")
+        for n, reasons in moves.items():
+            print(f"N={n}: {dict(Counter(reasons))}")
 
 
 def profile_variant(ingress_replicas: int) -> Path:
