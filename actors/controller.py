@@ -15,6 +15,7 @@ from mirage_ray.admission import AdmissionPolicy
 from mirage_ray.controller_policy import ControllerPolicy, Directive
 from mirage_ray.metrics import SessionSummary
 
+ENDED_MEMORY_S = 60.0  # how long pushes from a released session are ignored
 CONTROLLER_NAME = "mirage_controller"
 CONTROLLER_NAMESPACE = "mirage"
 
@@ -26,6 +27,7 @@ class ControllerActor:
         self._policy = ControllerPolicy(stage_budget_ms) if stage_budget_ms else ControllerPolicy()
         self._admission = AdmissionPolicy(capacity)
         self._pending: dict[str, Directive] = {}
+        self._ended: dict[str, float] = {}  # released sessions -> when: a push still on its way is not a new session
         self.started_at = time.time()
 
     def admit(self, session_id: str) -> dict[str, Any]:
@@ -38,9 +40,13 @@ class ControllerActor:
 
     def release(self, session_id: str) -> None:
         """A session ended: its slot is free now (not after its summaries go stale)."""
+        now = time.monotonic()
         self._admission.release(session_id)
         self._policy.forget(session_id)
         self._pending.pop(session_id, None)
+        self._ended[session_id] = now
+        for sid in [s for s, t in self._ended.items() if now - t > ENDED_MEMORY_S]:
+            del self._ended[sid]
 
     def load(self) -> dict[str, Any]:
         """Capacity, sessions, headroom and load of the whole application (for /v1/stats and load balancers)."""
@@ -50,6 +56,8 @@ class ControllerActor:
     def push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         now = time.monotonic()
         pushed = SessionSummary.from_dict(summary)
+        if pushed.session_id in self._ended:
+            return None
         for directive in (self._policy.push(pushed, now), self._policy.tick(now)):
             if directive is not None:
                 self._pending[directive.session_id] = directive

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import cv2
 import httpx
 import pytest
+import yaml
 
 from actors.launch import launched
 from mirage_ray.codec import float_to_pcm16
@@ -55,5 +56,6 @@ async def test_cpu_profile_swaps_and_converts_with_local_stages(cpu_app: ServeAp
     # on a loaded machine the first may)
     assert sum(not m.flags & FLAG_PASSTHROUGH for m in client.media[Kind.AUDIO]) >= 2
     stats = httpx.get(cpu_app.url + "v1/stats", timeout=10).json()
-    assert stats["admission"]["capacity"] == 4 and stats["admission"]["scope"] == "application"
+    profile = yaml.safe_load((REPO_ROOT / "serve_config.cpu.yaml").read_text())["applications"][0]["args"]
+    assert stats["admission"]["capacity"] == profile["max_sessions"] and stats["admission"]["scope"] == "application"
     await client.close()
