@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, ClassVar
 
 import websockets
 
@@ -20,6 +20,9 @@ from tests.conftest import ServeApp
 
 class Client:
     """One WebSocket; a background task files every message it receives by type / kind."""
+
+    # open clients: closed after each test even when it failed (tests/integration/conftest.py)
+    live: ClassVar[set[Client]] = set()
 
     def __init__(self, socket: websockets.ClientConnection) -> None:
         self.socket = socket
@@ -32,7 +35,9 @@ class Client:
     @classmethod
     async def open(cls, app: ServeApp, token: str) -> Client:
         socket = await websockets.connect(app.ws_url, subprotocols=["mirage.v1", f"bearer.{token}"], max_size=2**24)
-        return cls(socket)
+        client = cls(socket)
+        cls.live.add(client)
+        return client
 
     async def _read(self) -> None:
         try:
@@ -68,8 +73,16 @@ class Client:
         return self.json[kind].pop(0)
 
     async def close(self) -> None:
+        Client.live.discard(self)
         await self.socket.close()
         self._reader.cancel()
+
+    @classmethod
+    async def close_all(cls) -> None:
+        """Close what a test left open: a session left streaming would hold its slot and its load in admission."""
+        for client in list(cls.live):
+            with contextlib.suppress(Exception):
+                await client.close()
 
 
 def ray_snippet(app: ServeApp, code: str, timeout_s: float = 120.0) -> str:

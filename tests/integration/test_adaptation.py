@@ -115,6 +115,9 @@ async def test_slowed_swapper_steps_down_the_ladder_in_order_then_restores(serve
             [m["frames"]["out"] for m in client.json["stats"] if m["_arrival"] < last_move], default=stats_before
         )
         restore_at = restore["_arrival"]
+        await client.wait_for(
+            lambda: any(m["_arrival"] > restore_at for m in client.json["stats"]), 5, "stats after the restore"
+        )
         after_restore = min(m["frames"]["out"] for m in client.json["stats"] if m["_arrival"] > restore_at)
         assert after_restore - before_move >= RESTORE_AFTER_FRAMES, client.json["directive"]
     finally:

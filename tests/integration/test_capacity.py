@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import websockets
 
+from mirage_ray.adapt import FAIL_ABOVE
 from mirage_ray.protocol import FLAG_PASSTHROUGH, CloseCode, Kind
 from tests.conftest import ServeApp
 from tests.integration.client import Client, set_stage_delay
@@ -25,7 +26,10 @@ from tests.media import insightface_image, moving_face_frames
 
 pytestmark = pytest.mark.integration
 BLOCK_MS = 192
-AUDIO_BUDGET_MS = 0.65 * BLOCK_MS + 40.0  # the capacity issue's audio block goal (p95)
+# what the server enforces: a block waits at most 0.8 x its length for the voice stage (then the fail-closed shift
+# answers); + 60 ms for the shift, the socket and the client. (The 0.65 x chunk + 40 ms is a capacity figure:
+# bench/bench_capacity.py measures it.)
+AUDIO_BUDGET_MS = FAIL_ABOVE * BLOCK_MS + 60.0
 RAW_FACE_PSNR_DB = 25.0  # a raw face scores ~30 dB against its input after the JPEG round trip
 
 

@@ -47,7 +47,8 @@ async def stream_audio_until_closed(client: Client) -> int:
 async def test_sigterm_closes_every_session_1001_and_answers_the_audio_it_took() -> None:
     config = REPO_ROOT / "serve_config.cpu.yaml"
     env = {"MIRAGE_JWT_SECRET": TEST_JWT_SECRET}
-    with launched(config, num_cpus=2, num_gpus=0, env=env, timeout_s=START_TIMEOUT_S) as ready:
+    sets = [f"max_sessions={SESSIONS}", f"sessions_per_replica={SESSIONS}"]  # the profile admits 1; this test needs 2
+    with launched(config, sets=sets, num_cpus=2, num_gpus=0, env=env, timeout_s=START_TIMEOUT_S) as ready:
         app = ServeApp.from_ready(ready)
         clients = [await Client.open(app, app.token(sub=f"drain-{i}")) for i in range(SESSIONS)]
         for client in clients:
