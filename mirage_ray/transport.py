@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from mirage_ray import protocol
-from mirage_ray.protocol import CloseCode, Kind, Media, ProtocolError
+from mirage_ray.protocol import CloseCode, ErrorCode, Kind, Media, ProtocolError
 from mirage_ray.security import ByteRate
 from mirage_ray.session import Outgoing, Session
 
@@ -154,6 +154,8 @@ class Connection:
     async def _dispatch_binary(self, raw: bytes) -> None:
         try:
             media = protocol.parse_media(raw)
+            if media.flags:  # flag bits are the server's to set: a client sends 0
+                raise ProtocolError(ErrorCode.BAD_HEADER, f"flags must be 0 from a client, got {media.flags}")
         except ProtocolError as exc:
             await self._send(self._session.on_invalid(exc))
             return

@@ -181,7 +181,10 @@ def test_reference_then_swapped_frames(client: TestClient) -> None:
         assert reply["ok"] is True and reply["faces"] >= 1
         frame = moving_face_frames(1)[0]
         ws.send_bytes(protocol.pack(Kind.VIDEO, 1, 50_000, frame))
-        out = protocol.parse_media(ws.receive_bytes())
+        message = ws.receive()
+        while message.get("bytes") is None:  # a stats message may come first (the first swap takes a while)
+            message = ws.receive()
+        out = protocol.parse_media(message["bytes"])
     assert out.flags & protocol.FLAG_PASSTHROUGH == 0
     assert out.seq == 1
 
@@ -318,3 +321,14 @@ def test_stats_endpoint_lists_live_sessions(client: TestClient) -> None:
         body = client.get("/v1/stats").json()
     assert body["sessions"] == 1
     assert body["capacity"] == 8
+
+
+def test_flags_from_a_client_are_refused_as_a_bad_header(client: TestClient) -> None:
+    frame = moving_face_frames(1)[0]
+    with connect(client, token()) as ws:
+        receive_json(ws, "hello")
+        ws.send_bytes(protocol.pack(Kind.VIDEO, 1, 0, frame, flags=1))
+        error = receive_json(ws, "error")
+        assert error["code"] == "bad_header" and "flags must be 0" in error["message"]
+        ws.send_text('{"type": "ping", "t": 1}')
+        assert receive_json(ws, "pong")["t"] == 1  # counted and answered; the session goes on
