@@ -110,7 +110,11 @@ async def test_slowed_swapper_steps_down_the_ladder_in_order_then_restores(serve
         await client.wait_for(lambda: client.json["stats"][-1]["frames"]["out"] > stats_before, 5, "fresh stats")
         # the restore needs 300 stable frames since the last move: count from the stats before the last degrade (on a
         # busy machine the ladder may go below 15 fps, where a 120 ms swap is within budget and frames are stable)
-        last_move = max(d["_arrival"] for d in client.json["directive"] if d.get("reason") != "restore")
+        last_move = max(
+            d["_arrival"]
+            for d in client.json["directive"]
+            if "video" in d and d.get("reason") != "restore" and d["_arrival"] < restore["_arrival"]
+        )
         before_move = max(
             [m["frames"]["out"] for m in client.json["stats"] if m["_arrival"] < last_move], default=stats_before
         )
