@@ -23,9 +23,11 @@ CONTROLLER_NAMESPACE = "mirage"
 class ControllerActor:
     """Each push returns the directive waiting for the pushing session, if any (directives target one session)."""
 
-    def __init__(self, stage_budget_ms: dict[str, float] | None = None, capacity: int = 8) -> None:
+    def __init__(
+        self, stage_budget_ms: dict[str, float] | None = None, capacity: int = 8, live_load: bool = True
+    ) -> None:
         self._policy = ControllerPolicy(stage_budget_ms) if stage_budget_ms else ControllerPolicy()
-        self._admission = AdmissionPolicy(capacity)
+        self._admission = AdmissionPolicy(capacity, live_load)
         self._pending: dict[str, Directive] = {}
         self._ended: dict[str, float] = {}  # released sessions -> when: a push still on its way is not a new session
         self.started_at = time.time()
@@ -77,7 +79,7 @@ class ControllerActor:
         }
 
 
-def get_or_create_controller(stage_budget_ms: dict[str, float], capacity: int) -> Any:
+def get_or_create_controller(stage_budget_ms: dict[str, float], capacity: int, live_load: bool = True) -> Any:
     """The named controller actor handle (created on first use, restarted by Ray when it dies)."""
     actor_cls = ray.remote(ControllerActor)
     return actor_cls.options(
@@ -88,4 +90,4 @@ def get_or_create_controller(stage_budget_ms: dict[str, float], capacity: int) -
         max_restarts=-1,
         max_task_retries=-1,
         num_cpus=0,
-    ).remote(stage_budget_ms, capacity)
+    ).remote(stage_budget_ms, capacity, live_load)

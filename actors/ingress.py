@@ -181,7 +181,7 @@ class IngressDeployment:
     def _controller_handle(self) -> Any:
         if self._controller is None:
             self._controller = get_or_create_controller(
-                dict(self._settings.stage_budget_ms), self._settings.max_sessions
+                dict(self._settings.stage_budget_ms), self._settings.max_sessions, self._settings.admission_live_load
             )
         return self._controller
 
@@ -224,7 +224,10 @@ class IngressDeployment:
             workers=workers,
         )
         context.admission = ControllerAdmission(
-            self._controller_handle, LocalAdmission(self._settings.sessions_per_replica, context.summaries)
+            self._controller_handle,
+            LocalAdmission(
+                self._settings.sessions_per_replica, context.summaries, live_load=self._settings.admission_live_load
+            ),
         )
         logger.info("ingress ready; backends: %s", {k: v.get("name") for k, v in report.items()})
         app_name = serve.get_replica_context().app_name

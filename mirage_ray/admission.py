@@ -43,10 +43,11 @@ def over_budget(summary: SessionSummary) -> str | None:
 class AdmissionPolicy:
     """Capacity from measurement, live load from the sessions' summaries, reservations for sessions just let in."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, live_load: bool = True) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.live_load = live_load  # refuse while an admitted session is out of budget
         self._reserved: dict[str, float] = {}  # session id -> when it was admitted (until its first summary)
 
     def reserve(self, session_id: str, now_s: float) -> None:
@@ -67,7 +68,7 @@ class AdmissionPolicy:
         if count >= self.capacity:
             reason = f"server full ({count}/{self.capacity} sessions); retry in {RETRY_FULL_S:.0f} s"
             return Verdict(False, reason, RETRY_FULL_S)
-        for summary in live:
+        for summary in live if self.live_load else ():
             why = over_budget(summary)
             if why is not None:
                 return Verdict(False, f"server busy: {why}; retry in {RETRY_OVER_BUDGET_S:.0f} s", RETRY_OVER_BUDGET_S)
@@ -108,8 +109,9 @@ class LocalAdmission:
         capacity: int,
         summaries: Callable[[], Iterable[SessionSummary]],
         clock: Callable[[], float] = time.monotonic,
+        live_load: bool = True,
     ) -> None:
-        self.policy = AdmissionPolicy(capacity)
+        self.policy = AdmissionPolicy(capacity, live_load)
         self._summaries = summaries
         self._clock = clock
 

@@ -40,6 +40,9 @@ class MirageSettings(BaseSettings):
     max_sessions: int = Field(
         8, ge=1, le=10_000, description="sessions the application holds at full quality (measured per profile)"
     )
+    admission_live_load: bool = Field(
+        True, description="also refuse while an admitted session is out of budget (not only at max_sessions)"
+    )
     local_stages: tuple[StageName, ...] = Field(
         (), description="stages the ingress runs in its own process instead of calling their deployment"
     )

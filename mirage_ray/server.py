@@ -63,7 +63,9 @@ class ServerContext:
         if self.workers is None:
             self.workers = Workers.from_settings(self.settings)
         if self.admission is None:
-            self.admission = LocalAdmission(self.settings.max_sessions, self.summaries)
+            self.admission = LocalAdmission(
+                self.settings.max_sessions, self.summaries, live_load=self.settings.admission_live_load
+            )
 
     async def shutdown(
         self, code: int = CloseCode.GOING_AWAY, reason: str = SHUTDOWN_REASON, timeout_s: float = DRAIN_TIMEOUT_S

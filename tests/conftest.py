@@ -49,6 +49,10 @@ def serve_app() -> Iterator[ServeApp]:
     """Local Ray head with a declared logical GPU + serve_config.yaml (A10G profile), torn down at the end."""
     sets = [
         "test_hooks=true",
+        # several tests degrade their session on purpose; with the live-load rule one of them would close the door
+        # to the next test. Admission by capacity stays on (tests/integration/test_capacity.py); the live rule is
+        # tested without Ray (tests/unit/test_admission.py, tests/unit/actors/test_actors_controller.py)
+        "admission_live_load=false",
         # the CPU runs the models here: budgets the controller never calls saturated, so the slowed-stage test sees
         # the session's own ladder (the controller's global rules are unit-tested in test_controller_policy.py)
         'stage_budget_ms={"video.detect": 100000, "video.swap": 100000, "video.enhance": 100000}',

@@ -113,3 +113,9 @@ async def test_the_local_gate_uses_the_sessions_summaries() -> None:
     live[0] = summary("a")
     assert (await gate.admit("b")).admitted
     assert (await gate.load())["headroom"] == 0  # a and b hold both slots
+
+
+def test_without_the_live_rule_only_the_capacity_closes_the_door() -> None:
+    policy = AdmissionPolicy(capacity=2, live_load=False)
+    assert policy.decide([summary("x", level=5)], 0.0).admitted  # degraded, but below capacity
+    assert not policy.decide([summary("x", level=5), summary("y")], 0.0).admitted
