@@ -283,5 +283,5 @@ async def test_a_flooding_session_is_closed_within_1s_and_a_well_behaved_one_kee
         f"{pings['flood']:.1f} ms"
     )
     assert codes == {CloseCode.RATE_LIMITED} and slowest < CLOSED_WITHIN_S
-    assert min(len(v) for v in seen.frames.values()) >= ROUNDS * WINDOW_S * FPS / 2
+    assert min(len(v) for v in seen.frames.values()) >= ROUNDS * WINDOW_S * FPS / 3  # enough frames for a p95
     assert frames["flood"] <= P95_TOLERANCE * frames["quiet"], frames
