@@ -1,40 +1,87 @@
 """The controller actor: a thin Ray shim around the pure ControllerPolicy.
 
 Named and restartable (``max_restarts=-1``); it holds only what the next round of session pushes rebuilds.
+
+Besides the sessions' pushes it hears the model deployments' stage reports (queue, GPU memory: the global view no
+session has), and it watches how many ingress replicas are RUNNING (``serve.status()`` every ``REPLICA_POLL_S``) so
+that admission's capacity follows autoscaling (docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import asdict
 from typing import Any
 
 import ray
 
-from mirage_ray.admission import AdmissionPolicy
-from mirage_ray.controller_policy import ControllerPolicy, Directive
+from mirage_ray.admission import AdmissionPolicy, capacity_for
+from mirage_ray.controller_policy import ControllerPolicy, Directive, StageReport
 from mirage_ray.metrics import SessionSummary
+
+logger = logging.getLogger(__name__)
 
 ENDED_MEMORY_S = 60.0  # how long pushes from a released session are ignored
 CONTROLLER_NAME = "mirage_controller"
 CONTROLLER_NAMESPACE = "mirage"
+REPLICA_POLL_S = 2.0  # how often the running ingress replicas are counted (admission's capacity follows them)
+INGRESS_DEPLOYMENT = "Ingress"
+
+
+def running_replicas(status: Any, app_name: str, deployment: str) -> int | None:
+    """RUNNING replicas of one deployment in a ``serve.status()`` answer (None when the app or deployment is absent)."""
+    app = status.applications.get(app_name)
+    if app is None or deployment not in app.deployments:
+        return None
+    states = app.deployments[deployment].replica_states
+    return sum(count for state, count in states.items() if str(getattr(state, "value", state)) == "RUNNING")
 
 
 class ControllerActor:
     """Each push returns the directive waiting for the pushing session, if any (directives target one session)."""
 
     def __init__(
-        self, stage_budget_ms: dict[str, float] | None = None, capacity: int = 8, live_load: bool = True
+        self,
+        stage_budget_ms: dict[str, float] | None = None,
+        capacity: int = 8,
+        live_load: bool = True,
+        sessions_per_replica: int | None = None,
+        app_name: str = "mirage",
     ) -> None:
+        """``capacity`` is the application's ceiling (max_sessions); with ``sessions_per_replica`` the capacity
+        follows the running ingress replicas of ``app_name`` below it (without: fixed, e.g. in unit tests)."""
         self._policy = ControllerPolicy(stage_budget_ms) if stage_budget_ms else ControllerPolicy()
         self._admission = AdmissionPolicy(capacity, live_load)
+        self._max_sessions = capacity
+        self._per_replica = sessions_per_replica
+        self._app_name = app_name
+        self.ingress_replicas: int | None = None  # None until counted (capacity is max_sessions meanwhile)
         self._pending: dict[str, Directive] = {}
         self._ended: dict[str, float] = {}  # released sessions -> when: a push still on its way is not a new session
         self.started_at = time.time()
+        if sessions_per_replica is not None:
+            threading.Thread(target=self._watch_replicas, name="ingress-replicas", daemon=True).start()
+
+    def _watch_replicas(self) -> None:
+        from ray import serve
+
+        while True:
+            try:
+                self.ingress_replicas = running_replicas(serve.status(), self._app_name, INGRESS_DEPLOYMENT)
+            except Exception as exc:  # Serve's controller restarting: keep the last count
+                logger.debug("serve.status() failed: %s", exc)
+            time.sleep(REPLICA_POLL_S)
+
+    def _follow_replicas(self) -> None:
+        if self._per_replica is not None:
+            self._admission.set_capacity(capacity_for(self.ingress_replicas, self._per_replica, self._max_sessions))
 
     def admit(self, session_id: str) -> dict[str, Any]:
         """The application-wide admission verdict for a new session (its slot is reserved when admitted)."""
         now = time.monotonic()
+        self._follow_replicas()
         verdict = self._admission.decide(self._policy.summaries(now), now)
         if verdict.admitted:
             self._admission.reserve(session_id, now)
@@ -53,7 +100,18 @@ class ControllerActor:
     def load(self) -> dict[str, Any]:
         """Capacity, sessions, headroom and load of the whole application (for /v1/stats and load balancers)."""
         now = time.monotonic()
-        return self._admission.load(self._policy.summaries(now), now)
+        self._follow_replicas()
+        report = self._admission.load(self._policy.summaries(now), now)
+        return {
+            **report,
+            "max_sessions": self._max_sessions,
+            "ingress_replicas": self.ingress_replicas,
+            **self._policy.stage_view(now),
+        }
+
+    def report_stage(self, report: dict[str, Any]) -> None:
+        """A model deployment replica's queue and GPU memory (actors/metrics_sink.py StageReporter)."""
+        self._policy.push_stage(StageReport.from_dict(report), time.monotonic())
 
     def push(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         now = time.monotonic()
@@ -79,7 +137,13 @@ class ControllerActor:
         }
 
 
-def get_or_create_controller(stage_budget_ms: dict[str, float], capacity: int, live_load: bool = True) -> Any:
+def get_or_create_controller(
+    stage_budget_ms: dict[str, float],
+    capacity: int,
+    live_load: bool = True,
+    sessions_per_replica: int | None = None,
+    app_name: str = "mirage",
+) -> Any:
     """The named controller actor handle (created on first use, restarted by Ray when it dies)."""
     actor_cls = ray.remote(ControllerActor)
     return actor_cls.options(
@@ -90,4 +154,4 @@ def get_or_create_controller(stage_budget_ms: dict[str, float], capacity: int, l
         max_restarts=-1,
         max_task_retries=-1,
         num_cpus=0,
-    ).remote(stage_budget_ms, capacity, live_load)
+    ).remote(stage_budget_ms, capacity, live_load, sessions_per_replica, app_name)

@@ -1,46 +1,70 @@
-"""Stateless model deployments: shims that unpack a request, call the core backend, and pack the result.
+"""Stateless model deployments: shims that unpack a typed request, call the core backend, and pack the response.
 
-Classes stay undecorated; actors/app.py applies ``serve.deployment(cls, **options).bind(settings)``. Calls from
-several sessions are batched with ``@serve.batch`` (sizes from settings through ``reconfigure``) and run off the
-replica's event loop so one slow frame does not stall the queue.
+Classes stay undecorated; actors/app.py applies ``serve.deployment(cls, **options).bind(settings)``. Their public
+methods are the handles API of mirage_ray/stage_api.py (docs/handles.md). Requests from several callers are batched
+with ``@serve.batch``; batch size and wait come from the deployment's ``user_config`` through ``reconfigure`` (the
+builder sets it from settings; serve_config.yaml may override it per deployment, also on live replicas). Batches
+run off the replica's event loop so one slow frame does not stall the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
 
-from actors.metrics_sink import GpuMemoryReporter, RayMetricsSink
+from actors.metrics_sink import GpuMemoryReporter, RayMetricsSink, in_flight
 from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
-from mirage_ray.stages import IdentityMiss, StageFailure, TestDelay, swap_margin
-from mirage_ray.vision.faces import Face, SourceIdentity
-from mirage_ray.voice.base import VoiceParams
+from mirage_ray.stage_api import (
+    BatchConfig,
+    BatchReport,
+    ConvertRequest,
+    ConvertResponse,
+    DetectRequest,
+    DetectResponse,
+    IdentityMiss,
+    IdentityRequest,
+    IdentityResponse,
+    RestoreRequest,
+    RestoreResponse,
+    StageError,
+    StageFailure,
+    SwapRequest,
+    SwapResponse,
+)
+from mirage_ray.stages import swap_margin
+from mirage_ray.vision.faces import SourceIdentity
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_CACHE_SIZE = 256  # identities a swapper replica keeps (one per live reference upload)
+# the @serve.batch literals below are placeholders: every replica applies its user_config (BatchConfig) at start
+INITIAL_BATCH_SIZE = 8
+INITIAL_BATCH_WAIT_S = 0.002
+R = TypeVar("R")
 
 
-def _configure_batching(method: Any, settings: MirageSettings) -> None:
-    method.set_max_batch_size(settings.batch_max_size)
-    method.set_batch_wait_timeout_s(settings.batch_wait_s)
-
-
-def _guarded(stage: str, fn: Any, *args: Any) -> Any:
+def _guarded(stage: str, fn: Callable[..., R], *args: Any) -> R | StageFailure:
     """One batch item's result, or a StageFailure so one bad item does not fail the whole batch."""
     try:
         return fn(*args)
     except Exception as exc:
         logger.exception("%s failed for one item of a batch", stage)
         return StageFailure(f"{stage}: {type(exc).__name__}: {exc}")
+
+
+def _raise_failure(result: R | StageFailure) -> R:
+    """The caller's view of one batch item: its result, or StageError for that item alone."""
+    if isinstance(result, StageFailure):
+        raise StageError(result.message)
+    return result
 
 
 def cap_torch_gpu_memory(limit_mb: int) -> float | None:
@@ -67,8 +91,10 @@ class IdentityCache:
         self._size = size
         self._items: OrderedDict[str, SourceIdentity] = OrderedDict()
 
-    def resolve(self, identity: SourceIdentity | None, key: str) -> SourceIdentity | None:
-        """Store a full identity under ``key``, or look ``key`` up; None on a miss."""
+    def resolve(self, identity: SourceIdentity | None, key: str | None) -> SourceIdentity | None:
+        """Store a full identity under ``key`` (when given), or look ``key`` up; None on a miss."""
+        if key is None:
+            return identity
         if identity is not None:
             self._items[key] = identity
         else:
@@ -98,50 +124,86 @@ def restore_batched(enhancer: Any, crops: list[np.ndarray], fidelity: list[float
 
 
 class _StageDeployment:
-    _delay: TestDelay
-    _gpu: GpuMemoryReporter
+    """What every model deployment shares: batching from ``user_config``, and a report of the batches it ran."""
 
-    def set_test_delay(self, ms: float) -> float:
-        """Test-only (needs ``test_hooks``): add ``ms`` of latency to every call of this stage."""
-        self._delay.set(ms)
-        return self._delay.ms
+    BATCHED: str  # the name of the class's @serve.batch method
+
+    def __init__(self, settings: MirageSettings, name: str) -> None:
+        self._gpu = GpuMemoryReporter(name, RayMetricsSink())
+        self._batch_defaults = BatchConfig.from_settings(settings)
+        self._batch_sizes: Counter[int] = Counter()
+        self._apply_batching(self._batch_defaults)
+
+    def _apply_batching(self, config: BatchConfig) -> None:
+        method = getattr(self, self.BATCHED)
+        method.set_max_batch_size(config.max_batch_size)
+        method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def reconfigure(self, config: Mapping[str, Any] | None) -> None:
+        """Serve calls this with the deployment's ``user_config`` at start and whenever it changes (replicas live on).
+
+        Keys it leaves out keep the settings' values; a bad value is refused (ValueError with the allowed range).
+        """
+        batch = BatchConfig.from_user_config(config, self._batch_defaults)
+        self._apply_batching(batch)
+        logger.info("batching: max %d, wait %.3f s", batch.max_batch_size, batch.batch_wait_timeout_s)
+
+    def batching(self) -> BatchReport:
+        """The batch config in effect on this replica (as its batch queue holds it), and the sizes of the batches it
+        ran since it started."""
+        method = getattr(self, self.BATCHED)
+        return BatchReport(
+            replica=serve.get_replica_context().replica_id.unique_id,
+            max_batch_size=method._get_max_batch_size(),
+            batch_wait_timeout_s=method._get_batch_wait_timeout_s(),
+            sizes=dict(self._batch_sizes),
+        )
+
+    def _batch_started(self, size: int) -> None:
+        self._batch_sizes[size] += 1
 
 
 class DetectorDeployment(_StageDeployment):
+    BATCHED = "_detect_batch"
+
     def __init__(self, settings: MirageSettings) -> None:
-        self._settings = settings
         self._detector, self._choice = build_detector(settings, ModelRegistry(settings))
-        self._delay = TestDelay(settings, "detect")
-        self._gpu = GpuMemoryReporter("Detector", RayMetricsSink())
-        _configure_batching(self.detect, settings)
+        super().__init__(settings, "Detector")
 
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self._choice.as_dict()}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Frames from several sessions in one model run (same-size images batch together); if the batch fails,
-        each frame again on its own so one bad item fails alone."""
+    @in_flight
+    async def detect(self, request: DetectRequest) -> DetectResponse:
+        return _raise_failure(await self._detect_batch(request))
 
-        def run() -> list[Any]:
-            self._delay.sleep()
+    @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
+    async def _detect_batch(self, requests: list[DetectRequest]) -> list[DetectResponse | StageFailure]:
+        """Frames from several callers in one model run (same-size images batch together); if the batch fails,
+        each frame again on its own so one bad item fails alone."""
+        self._batch_started(len(requests))
+        images = [request.image for request in requests]
+
+        def run() -> list[DetectResponse | StageFailure]:
             self._gpu.maybe_report()
             try:
-                return self._detector.detect_batch(images)
+                return [DetectResponse(tuple(faces)) for faces in self._detector.detect_batch(images)]
             except Exception:
-                return [_guarded("detect", self._detector.detect, image) for image in images]
+                return [_guarded("detect", self._detect_one, image) for image in images]
 
         return await asyncio.to_thread(run)
 
+    def _detect_one(self, image: np.ndarray) -> DetectResponse:
+        return DetectResponse(tuple(self._detector.detect(image)))
+
 
 class SwapperDeployment(_StageDeployment):
+    BATCHED = "_swap_batch"
+
     def __init__(self, settings: MirageSettings) -> None:
-        self._settings = settings
         self._swapper, self._choice = build_swapper(settings, ModelRegistry(settings))
-        self._delay = TestDelay(settings, "swap")
-        self._gpu = GpuMemoryReporter("Swapper", RayMetricsSink())
         self._identities = IdentityCache()
-        _configure_batching(self.swap, settings)
+        super().__init__(settings, "Swapper")
 
     def ready(self) -> dict[str, Any]:
         return {
@@ -151,80 +213,95 @@ class SwapperDeployment(_StageDeployment):
             **self._choice.as_dict(),
         }
 
-    async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
-        return await asyncio.to_thread(self._swapper.identity, image, face)
+    async def identity(self, request: IdentityRequest) -> IdentityResponse:
+        identity = await asyncio.to_thread(self._swapper.identity, request.image, request.face)
+        return IdentityResponse(identity)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def swap(
-        self,
-        images: list[np.ndarray],
-        faces: list[Sequence[Face]],
-        identities: list[SourceIdentity | None],
-        keys: list[str],
-    ) -> list[Any]:
-        """Swap each item; an identity sent in full is cached under its key, a key alone is looked up (a miss
-        answers IdentityMiss and the caller resends the identity)."""
-        resolved = [self._identities.resolve(identity, key) for identity, key in zip(identities, keys, strict=True)]
+    @in_flight
+    async def swap(self, request: SwapRequest) -> SwapResponse | IdentityMiss:
+        """The swapped image; IdentityMiss when the request named an identity by key this replica does not hold."""
+        return _raise_failure(await self._swap_batch(request))
 
-        def run() -> list[Any]:
-            self._delay.sleep()
+    @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
+    async def _swap_batch(self, requests: list[SwapRequest]) -> list[SwapResponse | IdentityMiss | StageFailure]:
+        self._batch_started(len(requests))
+        resolved = [self._identities.resolve(r.identity, r.identity_key) for r in requests]
+
+        def run() -> list[SwapResponse | IdentityMiss | StageFailure]:
             self._gpu.maybe_report()
-            return [
-                IdentityMiss(key) if identity is None else _guarded("swap", self._swapper.swap, image, face, identity)
-                for image, face, identity, key in zip(images, faces, resolved, keys, strict=True)
-            ]
+            return self.swap_items(requests, resolved)
 
         return await asyncio.to_thread(run)
 
+    def swap_items(
+        self, requests: list[SwapRequest], identities: list[SourceIdentity | None]
+    ) -> list[SwapResponse | IdentityMiss | StageFailure]:
+        """Each request swapped with its resolved identity (None: a key this replica does not hold)."""
+        return [
+            IdentityMiss(str(request.identity_key))
+            if identity is None
+            else _guarded("swap", self._swap_one, request, identity)
+            for request, identity in zip(requests, identities, strict=True)
+        ]
+
+    def _swap_one(self, request: SwapRequest, identity: SourceIdentity) -> SwapResponse:
+        return SwapResponse(self._swapper.swap(request.image, list(request.faces), identity))
+
 
 class EnhancerDeployment(_StageDeployment):
+    BATCHED = "_restore_batch"
+
     def __init__(self, settings: MirageSettings) -> None:
-        self._settings = settings
         self._enhancer, self._choice = build_enhancer(settings, ModelRegistry(settings))
         if not self._choice.fallback:  # CodeFormer on torch: bound its allocator (weights count toward the cap)
             cap_torch_gpu_memory(settings.gpu_mem_limit_mb)
-        self._delay = TestDelay(settings, "enhance")
-        self._gpu = GpuMemoryReporter("Enhancer", RayMetricsSink())
-        _configure_batching(self.restore, settings)
+        super().__init__(settings, "Enhancer")
 
     def ready(self) -> dict[str, Any]:
         return {"ready": True, **self._choice.as_dict()}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def restore(self, crops: list[np.ndarray], fidelity: list[float]) -> list[Any]:
-        """Face crops from several sessions run as one batch per fidelity (the model takes one weight per call)."""
+    @in_flight
+    async def restore(self, request: RestoreRequest) -> RestoreResponse:
+        return _raise_failure(await self._restore_batch(request))
 
-        def run() -> list[Any]:
-            self._delay.sleep()
+    @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
+    async def _restore_batch(self, requests: list[RestoreRequest]) -> list[RestoreResponse | StageFailure]:
+        """Face crops from several callers run as one batch per fidelity (the model takes one weight per call)."""
+        self._batch_started(len(requests))
+
+        def run() -> list[RestoreResponse | StageFailure]:
             self._gpu.maybe_report()
-            return restore_batched(self._enhancer, crops, fidelity)
+            restored = restore_batched(self._enhancer, [r.crops for r in requests], [r.fidelity for r in requests])
+            return [r if isinstance(r, StageFailure) else RestoreResponse(r) for r in restored]
 
         return await asyncio.to_thread(run)
 
 
 class VoiceDeployment(_StageDeployment):
+    BATCHED = "_convert_batch"
+
     def __init__(self, settings: MirageSettings) -> None:
-        self._settings = settings
         self._primary, self._fallback, self._choice = build_converters(settings, ModelRegistry(settings))
-        self._delay = TestDelay(settings, "voice")
-        self._gpu = GpuMemoryReporter("Voice", RayMetricsSink())
-        _configure_batching(self.convert, settings)
+        super().__init__(settings, "Voice")
 
     def ready(self) -> dict[str, Any]:
         voices = list(getattr(self._primary, "voices", []) or [])
         return {"ready": True, "fallback_converter": self._fallback.name, "voices": voices, **self._choice.as_dict()}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def convert(
-        self, windows: list[np.ndarray], params: list[VoiceParams], fallback: list[bool]
-    ) -> list[np.ndarray]:
-        def run() -> list[np.ndarray]:
-            self._delay.sleep()
+    @in_flight
+    async def convert(self, request: ConvertRequest) -> ConvertResponse:
+        return _raise_failure(await self._convert_batch(request))
+
+    @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
+    async def _convert_batch(self, requests: list[ConvertRequest]) -> list[ConvertResponse | StageFailure]:
+        self._batch_started(len(requests))
+
+        def run() -> list[ConvertResponse | StageFailure]:
             self._gpu.maybe_report()
-            jobs = zip(windows, params, fallback, strict=True)
-            return [
-                _guarded("voice", (self._fallback if use_fallback else self._primary).convert, window, p)
-                for window, p, use_fallback in jobs
-            ]
+            return [_guarded("voice", self._convert_one, request) for request in requests]
 
         return await asyncio.to_thread(run)
+
+    def _convert_one(self, request: ConvertRequest) -> ConvertResponse:
+        converter = self._fallback if request.fallback else self._primary
+        return ConvertResponse(converter.convert(request.window, request.params))

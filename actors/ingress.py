@@ -31,7 +31,15 @@ from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
 from mirage_ray.security import build_auth
 from mirage_ray.server import ServerContext, build_app
-from mirage_ray.stages import IdentityMiss, LocalStages, StageFailure, StageInfo, StageUnavailable, Workers
+from mirage_ray.stage_api import (
+    ConvertRequest,
+    DetectRequest,
+    IdentityMiss,
+    IdentityRequest,
+    RestoreRequest,
+    SwapRequest,
+)
+from mirage_ray.stages import LocalStages, StageInfo, StageUnavailable, Workers
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import SAMPLE_RATE, VoiceParams
 from mirage_ray.voice.convert_shift import ShiftConverter
@@ -64,8 +72,8 @@ def build_local_stages(settings: MirageSettings, workers: Workers) -> LocalStage
 
 
 class RayStages:
-    """:class:`~mirage_ray.stages.Stages` over the model deployments' handles, except the stages placed in this
-    process (``local``): those run on the replica's workers with no hop at all."""
+    """:class:`~mirage_ray.stages.Stages` over the model deployments' handles API (mirage_ray/stage_api.py), except
+    the stages placed in this process (``local``): those run on the replica's workers with no hop at all."""
 
     def __init__(
         self, handles: dict[str, DeploymentHandle], local: LocalStages | None = None, placed: Sequence[str] = ()
@@ -75,24 +83,21 @@ class RayStages:
         self._placed = frozenset(placed) if local is not None else frozenset()
         self._identity_keys: weakref.WeakKeyDictionary[SourceIdentity, str] = weakref.WeakKeyDictionary()
 
-    async def _call(self, stage: str, method: str, *args: Any) -> Any:
+    async def _call(self, stage: str, method: str, request: Any) -> Any:
         try:
-            result = await getattr(self._handles[stage], method).remote(*args)
-        except Exception as exc:  # replica died, actor error, backpressure
+            return await getattr(self._handles[stage], method).remote(request)
+        except Exception as exc:  # StageError for this request, replica died, actor error, backpressure
             raise StageUnavailable(f"{stage}.{method}: {type(exc).__name__}: {exc}") from exc
-        if isinstance(result, StageFailure):
-            raise StageUnavailable(result.message)
-        return result
 
     async def detect(self, image: np.ndarray) -> list[Face]:
         if "detect" in self._placed:
             return await self._local.detect(image)
-        return await self._call("detector", "detect", image)
+        return list((await self._call("detector", "detect", DetectRequest(image))).faces)
 
     async def identity(self, image: np.ndarray, face: Face) -> SourceIdentity:
         if "swap" in self._placed:
             return await self._local.identity(image, face)
-        return await self._call("swapper", "identity", image, face)
+        return (await self._call("swapper", "identity", IdentityRequest(image, face))).identity
 
     async def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray:
         """The identity travels in full once per replica; after that only its key does (~200 kB saved per frame)."""
@@ -102,20 +107,21 @@ class RayStages:
         first = key is None
         if key is None:
             key = self._identity_keys[identity] = uuid.uuid4().hex
-        result = await self._call("swapper", "swap", image, list(faces), identity if first else None, key)
+        request = SwapRequest(image, tuple(faces), identity if first else None, key)
+        result = await self._call("swapper", "swap", request)
         if isinstance(result, IdentityMiss):  # another replica, or it was evicted: send it in full
-            result = await self._call("swapper", "swap", image, list(faces), identity, key)
-        return result
+            result = await self._call("swapper", "swap", SwapRequest(image, tuple(faces), identity, key))
+        return result.image
 
     async def restore(self, crops: np.ndarray, fidelity: float) -> np.ndarray:
         if "enhance" in self._placed:
             return await self._local.restore(crops, fidelity)
-        return await self._call("enhancer", "restore", crops, fidelity)
+        return (await self._call("enhancer", "restore", RestoreRequest(crops, fidelity))).crops
 
     async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray:
         if "voice" in self._placed:
             return await self._local.convert(window, params, fallback)
-        return await self._call("voice", "convert", window, params, fallback)
+        return (await self._call("voice", "convert", ConvertRequest(window, params, fallback))).audio
 
 
 class ControllerAdmission:
@@ -181,7 +187,11 @@ class IngressDeployment:
     def _controller_handle(self) -> Any:
         if self._controller is None:
             self._controller = get_or_create_controller(
-                dict(self._settings.stage_budget_ms), self._settings.max_sessions, self._settings.admission_live_load
+                dict(self._settings.stage_budget_ms),
+                self._settings.max_sessions,
+                self._settings.admission_live_load,
+                self._settings.sessions_per_replica,  # admission's capacity follows the running replicas
+                serve.get_replica_context().app_name,
             )
         return self._controller
 
@@ -197,8 +207,8 @@ class IngressDeployment:
         image = np.zeros((WARM_UP_SIDE_PX, WARM_UP_SIDE_PX, 3), np.uint8)
         window = (np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2) * 0.01).astype(np.float32)
         calls = {
-            "detector": self._handles["detector"].detect.remote(image),
-            "voice": self._handles["voice"].convert.remote(window, VoiceParams(), False),
+            "detector": self._handles["detector"].detect.remote(DetectRequest(image)),
+            "voice": self._handles["voice"].convert.remote(ConvertRequest(window)),
         }
         for stage, call in calls.items():
             try:

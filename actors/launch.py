@@ -266,22 +266,31 @@ def deploy(config: Path, address: str) -> None:
 
 
 def check_config(config: Path) -> str | None:
-    """What stops this configuration from starting (invalid settings, no JWT key off loopback), or None.
+    """What stops this configuration from starting (invalid settings or batching user_config, no JWT key off
+    loopback), or None.
 
-    The app builder checks the same on the cluster; checking here first gives a clear message before Ray starts.
+    The app builder and the replicas check the same on the cluster; checking here first gives a clear message before
+    Ray starts.
     """
     from pydantic import ValidationError
 
     from mirage_ray.config import load_settings
     from mirage_ray.security import ConfigurationError, build_auth
+    from mirage_ray.stage_api import BatchConfig
 
     for app in yaml.safe_load(config.read_text())["applications"]:
         try:
-            build_auth(load_settings(**app.get("args", {})))
+            settings = load_settings(**app.get("args", {}))
+            build_auth(settings)
+            for deployment in app.get("deployments", []):
+                if "user_config" in deployment:
+                    BatchConfig.from_user_config(deployment["user_config"], BatchConfig.from_settings(settings))
         except ValidationError as exc:
             return f"invalid setting in {app['name']}: {exc}"
         except ConfigurationError as exc:
             return str(exc)
+        except ValueError as exc:  # a deployment's user_config
+            return f"{app['name']}/{deployment['name']}: {exc}"
     return None
 
 
@@ -321,12 +330,14 @@ def run(args: argparse.Namespace) -> int:
             "metrics_port": cluster.metrics_port,
             "temp_dir": str(cluster.temp_dir),
             "deployments": statuses,
+            "config": str(config),  # the config deployed: a lightweight update redeploys it with changed options
             "launcher_pid": os.getpid(),  # SIGTERM here drains and stops everything
         }
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(ready))
         print(f"Mirage is up: every deployment RUNNING {sorted(statuses)}", flush=True)
         print(f"Open {url} in a browser (Ctrl-C stops everything).", flush=True)
+        print(f"Ray drivers (docs/handles.md) attach with ray.init(address={cluster.address!r}).", flush=True)
         while not stop_requested:
             time.sleep(0.2)
         return 0
@@ -382,8 +393,8 @@ def launched(
     timeout_s: float = READY_TIMEOUT_S,
 ) -> Iterator[dict[str, Any]]:
     """Run ``python -m actors.launch run`` as a child on free loopback ports; yield its ready record (url,
-    ray_address, metrics_port, temp_dir, deployments, launcher_pid) once every deployment is RUNNING; SIGTERM it at
-    exit.
+    ray_address, metrics_port, temp_dir, deployments, config, launcher_pid) once every deployment is RUNNING;
+    SIGTERM it at exit.
 
     The path tests and benchmarks share, the same one ``make run`` takes."""
     pin_ray_auth_mode()

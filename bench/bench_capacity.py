@@ -16,145 +16,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import resource
 import signal
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import websockets
-
 from actors.launch import _process_tree, launched
-from bench.common import BENCH_JWT_SECRET, CPU_CONFIG, MAX_MESSAGE_BYTES, ServeApp, machine_lines, pct
-from mirage_ray import protocol
-from mirage_ray.codec import encode_jpeg, float_to_pcm16
+from bench.common import (
+    AUDIO_CHUNK_MS,
+    BENCH_JWT_SECRET,
+    CPU_CONFIG,
+    FPS,
+    SAMPLES_PER_CHUNK,
+    LoadMedia,
+    ServeApp,
+    SessionFigures,
+    WireSession,
+    load_media,
+    machine_lines,
+    pct,
+)
+from mirage_ray.codec import float_to_pcm16
 from mirage_ray.config import MirageSettings
-from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind, Media
-from tests.media import insightface_image, moving_face_frames
-from tests.speech import speech
+from mirage_ray.protocol import Kind, Media
 
-FPS = 20.0
-AUDIO_CHUNK_MS = 200
-SAMPLES_PER_CHUNK = 16 * AUDIO_CHUNK_MS
 WARM_UP_S = 4.0  # excluded from the figures: reference, first detections, first voice calls
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class LoadMedia:
-    frames: list[bytes]
-    voice: Any  # float32 speech
-    reference: bytes
-
-
-def load_media() -> LoadMedia:
-    reference = encode_jpeg(insightface_image("Tom_Hanks_54745.png"), 95)
-    return LoadMedia(moving_face_frames(40, step_px=3), speech(), reference)
-
-
-@dataclass
-class SessionFigures:
-    """What one session saw during the measured window."""
-
-    video_rtt_ms: list[float] = field(default_factory=list)
-    audio_block_ms: list[float] = field(default_factory=list)
-    frames_out: int = 0
-    audio_blocks: int = 0
-    flagged_video: int = 0
-    flagged_audio: int = 0
-    refused: str | None = None
-    levels: list[int] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)  # directive reasons (why the ladder moved)
-
-
-class WireSession:
-    """One protocol-v1 client: reference, then video and audio on the wall clock, replies timed by seq."""
-
-    def __init__(self, app: ServeApp, media: LoadMedia, measure_from: float, measure_to: float, index: int) -> None:
-        self._app, self._media = app, media
-        self._from, self._to = measure_from, measure_to
-        self._index = index
-        self.figures = SessionFigures()
-        self._video_sent: dict[int, float] = {}
-        self._audio_sent: dict[int, float] = {}
-        self._socket: websockets.ClientConnection | None = None
-
-    async def run(self, stop_at: float) -> None:
-        try:
-            self._socket = await websockets.connect(
-                self._app.ws_url,
-                subprotocols=["mirage.v1", f"bearer.{self._app.token(f'bench-user-{self._index}')}"],
-                max_size=MAX_MESSAGE_BYTES,
-            )
-        except websockets.InvalidStatus as exc:
-            self.figures.refused = f"HTTP {exc.response.status_code}"
-            return
-        reader = asyncio.create_task(self._read())
-        try:
-            await self._socket.send(protocol.pack(Kind.REFERENCE, 0, 0, self._media.reference))
-            await asyncio.gather(self._send_video(stop_at), self._send_audio(stop_at))
-        except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
-            self.figures.refused = self.figures.refused or f"closed {code} {exc.rcvd.reason if exc.rcvd else ''}"
-        finally:
-            with contextlib.suppress(Exception):
-                await self._socket.close()
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-
-    async def _send_video(self, stop_at: float) -> None:
-        seq, start = 0, time.perf_counter() + 0.01 * self._index
-        while (due := start + seq / FPS) < stop_at:
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            now = time.perf_counter()
-            self._video_sent[seq] = now
-            frame = self._media.frames[seq % len(self._media.frames)]
-            await self._socket.send(protocol.pack(Kind.VIDEO, seq, int(now * 1e6), frame))
-            seq += 1
-
-    async def _send_audio(self, stop_at: float) -> None:
-        voice, seq = self._media.voice, 0
-        start = time.perf_counter() + 0.013 * self._index
-        while (due := start + (seq + 1) * AUDIO_CHUNK_MS / 1000.0) < stop_at:
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            offset = (seq * SAMPLES_PER_CHUNK) % (len(voice) - SAMPLES_PER_CHUNK)
-            now = time.perf_counter()
-            self._audio_sent[seq] = now
-            capture_us = int((now - AUDIO_CHUNK_MS / 1000.0) * 1e6)  # the chunk's first sample
-            payload = float_to_pcm16(voice[offset : offset + SAMPLES_PER_CHUNK])
-            await self._socket.send(protocol.pack(Kind.AUDIO, seq, capture_us, payload))
-            seq += 1
-
-    async def _read(self) -> None:
-        figures = self.figures
-        async for raw in self._socket:
-            now = time.perf_counter()
-            if not isinstance(raw, bytes):
-                message = json.loads(raw)
-                if message.get("type") == "stats" and self._from <= now <= self._to:
-                    figures.levels.append(message.get("degrade_level", 0))
-                elif message.get("type") == "directive":
-                    figures.reasons.append(message.get("reason", ""))
-                continue
-            media = protocol.parse_media(raw)
-            if not self._from <= now <= self._to:
-                continue
-            flagged = bool(media.flags & FLAG_PASSTHROUGH)
-            if media.kind == Kind.VIDEO and media.seq in self._video_sent:
-                figures.video_rtt_ms.append((now - self._video_sent[media.seq]) * 1000.0)
-                figures.frames_out += 1
-                figures.flagged_video += flagged
-            elif media.kind == Kind.AUDIO and media.seq in self._audio_sent:
-                figures.audio_block_ms.append((now - self._audio_sent[media.seq]) * 1000.0)
-                figures.audio_blocks += 1
-                figures.flagged_audio += flagged
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, tuple[str, float]]:
@@ -360,7 +251,9 @@ def profile_variant(ingress_replicas: int) -> Path:
 
     config = yaml.safe_load(CPU_CONFIG.read_text())
     for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress":
+        if deployment["name"] == "Ingress":  # a fixed count on one machine: no autoscaling, no one-per-node rule
+            deployment.pop("autoscaling_config", None)
+            deployment.pop("max_replicas_per_node", None)
             deployment["num_replicas"] = ingress_replicas
     target = Path(tempfile.mkdtemp(prefix="mirage-bench-")) / "serve_config.cpu.yaml"
     target.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -45,6 +45,7 @@ REPLY_TIMEOUT_S = 30.0  # a probe with no pong and no close by then counts the s
 DISCONNECT_TIMEOUT_S = 10.0
 CLOSED_BY_FUZZER = 1000
 PARSE_REPEATS = 20
+CONFORMING_SEQ_SHARE = 0.8  # binary messages given their kind's next seq, so that the payload rules see them
 # the costliest texts of max_json_bytes for the bounded parse: each exercises one part of it
 WORST_CASE_TEXTS: dict[str, Callable[[int], str]] = {
     "nested arrays": lambda n: "[" * n,
@@ -181,9 +182,12 @@ async def fuzz_session(
         if (accept := await ws.receive())["type"] != "websocket.accept":
             raise RuntimeError(f"the fuzzing session was refused: {accept}")
         code = None
+        stamp = hostile.SeqStamper()
         while code is None and report.tried < count and time.monotonic() < deadline:
             for _ in range(batch):
                 message = hostile.hostile_message(rng)
+                if rng.random() < CONFORMING_SEQ_SHARE:  # the rest try the seq rule itself
+                    message = stamp(message)
                 report.by_kind["text" if isinstance(message, str) else "binary"] += 1
                 ws.send(message)
                 report.tried += 1

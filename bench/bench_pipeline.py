@@ -43,9 +43,11 @@ from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
 from mirage_ray.protocol import Kind, Media
 from mirage_ray.session import Session
-from mirage_ray.stages import LocalStages
+from mirage_ray.stages import StageInfo
 from mirage_ray.vision.faces import Face, largest_faces
 from mirage_ray.vision.tracker import FaceTracker
+from mirage_ray.voice.convert_shift import ShiftConverter
+from tests import hostile
 from tests.media import insightface_image, moving_face_frames
 
 PINNED_FPS = 1.0  # see the module docstring: keeps the degrade ladder and the FPS gate out of the measurement
@@ -134,16 +136,9 @@ def stage_costs(settings: MirageSettings, backends: dict[str, Any], frames: list
 
 # --- (b) the in-process Session baseline --------------------------------------------------------------------------
 async def in_process(settings: MirageSettings, backends: dict[str, Any], frames: list[bytes]) -> dict[str, Any]:
-    stages = LocalStages(
-        settings,
-        backends["detector"],
-        backends["swapper"],
-        backends["enhancer"],
-        backends["converter"],
-        backends["fallback"],
-    )
+    stages = hostile.local_stages(settings, backends)
     report = {stage: {"ready": True, **choice.as_dict()} for stage, choice in backends["choices"].items()}
-    session = Session(settings, stages, report)
+    session = Session(settings, stages, StageInfo.from_report(report, ShiftConverter.name))
     reply = await session.on_reference(Media(Kind.REFERENCE, 0, 0, reference_png()))
     if not reply[0].get("ok"):
         raise RuntimeError(f"reference refused in-process: {reply}")
@@ -237,6 +232,8 @@ def hop_profile(app: ServeApp, backends: dict[str, Any], frame: bytes) -> None:
     import ray
     from ray import serve
 
+    from mirage_ray.stage_api import DetectRequest, SwapRequest
+
     detector, swapper = backends["detector"], backends["swapper"]
     image = decode_image(frame, 4096 * 4096)
     reference = insightface_image("Tom_Hanks_54745.png")
@@ -250,17 +247,17 @@ def hop_profile(app: ServeApp, backends: dict[str, Any], frame: bytes) -> None:
             ("Swapper.ready (no payload)", lambda: handles["Swapper"].ready.remote().result(), lambda: None),
             (
                 f"Detector.detect (frame {image.nbytes // 1024} kB)",
-                lambda: handles["Detector"].detect.remote(image).result(),
+                lambda: handles["Detector"].detect.remote(DetectRequest(image)).result(),
                 lambda: detector.detect(image),
             ),
             (
                 f"Swapper.swap (frame {image.nbytes // 1024} kB)",
-                lambda: handles["Swapper"].swap.remote(image, faces, identity).result(),
+                lambda: handles["Swapper"].swap.remote(SwapRequest(image, tuple(faces), identity)).result(),
                 lambda: swapper.swap(image, faces, identity),
             ),
             (
                 f"Swapper.swap (face region {roi.shape[1]}x{roi.shape[0]}, {roi.nbytes // 1024} kB)",
-                lambda: handles["Swapper"].swap.remote(roi, [roi_face], identity).result(),
+                lambda: handles["Swapper"].swap.remote(SwapRequest(roi, (roi_face,), identity)).result(),
                 lambda: swapper.swap(roi, [roi_face], identity),
             ),
         ]

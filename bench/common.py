@@ -26,6 +26,7 @@ import websockets
 
 from actors.launch import launched
 from mirage_ray import protocol
+from mirage_ray.codec import encode_jpeg, float_to_pcm16
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
@@ -172,3 +173,180 @@ class BenchClient:
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._reader, 10)
+
+
+# --- the load one session sends (bench_capacity, bench_soak) -------------------------------------------------------
+FPS = 20.0
+AUDIO_CHUNK_MS = 200
+SAMPLES_PER_CHUNK = 16 * AUDIO_CHUNK_MS
+FLUSH_WAIT_S = 15.0  # after the last chunk of a flushing session: until every sample is back
+
+
+@dataclass
+class LoadMedia:
+    frames: list[bytes]
+    voice: Any  # float32 speech
+    reference: bytes
+
+
+def load_media() -> LoadMedia:
+    """A 512x512 moving face (scikit-image's astronaut), speech (espeak-ng), a reference photo (Tom Hanks)."""
+    from tests.media import insightface_image, moving_face_frames
+    from tests.speech import speech
+
+    reference = encode_jpeg(insightface_image("Tom_Hanks_54745.png"), 95)
+    return LoadMedia(moving_face_frames(40, step_px=3), speech(), reference)
+
+
+@dataclass
+class SessionFigures:
+    """What one session saw during the measured window."""
+
+    video_rtt_ms: list[float] = field(default_factory=list)
+    audio_block_ms: list[float] = field(default_factory=list)
+    frames_out: int = 0
+    audio_blocks: int = 0
+    flagged_video: int = 0
+    flagged_audio: int = 0
+    refused: str | None = None
+    levels: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # directive reasons (why the ladder moved)
+
+
+@dataclass
+class Reply:
+    """One media reply as a flushing session keeps it: receive time, round trip, flag, PCM samples."""
+
+    at: float
+    kind: protocol.Kind
+    latency_ms: float
+    flagged: bool
+    samples: int = 0
+
+
+class WireSession:
+    """One protocol-v1 client: reference, then video and audio on the wall clock, replies timed by seq.
+
+    Replies inside [measure_from, measure_to] go to ``figures``. With ``flush`` the session also keeps every reply
+    (``replies``) and counts the PCM samples it gets back; at the end it sends ``flush`` and waits (at most
+    FLUSH_WAIT_S) until samples out == samples in.
+    """
+
+    def __init__(
+        self,
+        app: ServeApp,
+        media: LoadMedia,
+        measure_from: float,
+        measure_to: float,
+        index: int,
+        *,
+        flush: bool = False,
+    ) -> None:
+        self._app, self._media = app, media
+        self._from, self._to = measure_from, measure_to
+        self._index = index
+        self._flush = flush
+        self.figures = SessionFigures()
+        self.replies: list[Reply] = []
+        self.samples_out = 0
+        self.last_stats: dict[str, Any] = {}
+        self._video_sent: dict[int, float] = {}
+        self._audio_sent: dict[int, float] = {}
+        self._socket: websockets.ClientConnection | None = None
+
+    @property
+    def video_sent_at(self) -> list[float]:
+        return list(self._video_sent.values())
+
+    @property
+    def samples_in(self) -> int:
+        return len(self._audio_sent) * SAMPLES_PER_CHUNK
+
+    async def run(self, stop_at: float) -> None:
+        try:
+            self._socket = await websockets.connect(
+                self._app.ws_url,
+                subprotocols=["mirage.v1", f"bearer.{self._app.token(f'bench-user-{self._index}')}"],
+                max_size=MAX_MESSAGE_BYTES,
+            )
+        except websockets.InvalidStatus as exc:
+            self.figures.refused = f"HTTP {exc.response.status_code}"
+            return
+        reader = asyncio.create_task(self._read())
+        try:
+            await self._socket.send(protocol.pack(protocol.Kind.REFERENCE, 0, 0, self._media.reference))
+            await asyncio.gather(self._send_video(stop_at), self._send_audio(stop_at))
+            if self._flush:
+                await self._socket.send(json.dumps({"type": "flush"}))
+                deadline = time.perf_counter() + FLUSH_WAIT_S
+                while self.samples_out < self.samples_in and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.1)
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            self.figures.refused = self.figures.refused or f"closed {code} {exc.rcvd.reason if exc.rcvd else ''}"
+        finally:
+            with contextlib.suppress(Exception):
+                await self._socket.close()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def _send_video(self, stop_at: float) -> None:
+        seq, start = 0, time.perf_counter() + 0.01 * self._index
+        while (due := start + seq / FPS) < stop_at:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            now = time.perf_counter()
+            self._video_sent[seq] = now
+            frame = self._media.frames[seq % len(self._media.frames)]
+            await self._socket.send(protocol.pack(protocol.Kind.VIDEO, seq, int(now * 1e6), frame))
+            seq += 1
+
+    async def _send_audio(self, stop_at: float) -> None:
+        voice, seq = self._media.voice, 0
+        start = time.perf_counter() + 0.013 * self._index
+        while (due := start + (seq + 1) * AUDIO_CHUNK_MS / 1000.0) < stop_at:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            offset = (seq * SAMPLES_PER_CHUNK) % (len(voice) - SAMPLES_PER_CHUNK)
+            now = time.perf_counter()
+            self._audio_sent[seq] = now
+            capture_us = int((now - AUDIO_CHUNK_MS / 1000.0) * 1e6)  # the chunk's first sample
+            payload = float_to_pcm16(voice[offset : offset + SAMPLES_PER_CHUNK])
+            await self._socket.send(protocol.pack(protocol.Kind.AUDIO, seq, capture_us, payload))
+            seq += 1
+
+    async def _read(self) -> None:
+        figures = self.figures
+        async for raw in self._socket:
+            now = time.perf_counter()
+            if not isinstance(raw, bytes):
+                message = json.loads(raw)
+                if message.get("type") == "stats":
+                    self.last_stats = message
+                    if self._from <= now <= self._to:
+                        figures.levels.append(message.get("degrade_level", 0))
+                elif message.get("type") == "directive":
+                    figures.reasons.append(message.get("reason", ""))
+                continue
+            media = protocol.parse_media(raw)
+            flagged = bool(media.flags & protocol.FLAG_PASSTHROUGH)
+            if self._flush:
+                self._keep(media, now, flagged)
+            if not self._from <= now <= self._to:
+                continue
+            if media.kind == protocol.Kind.VIDEO and media.seq in self._video_sent:
+                figures.video_rtt_ms.append((now - self._video_sent[media.seq]) * 1000.0)
+                figures.frames_out += 1
+                figures.flagged_video += flagged
+            elif media.kind == protocol.Kind.AUDIO and media.seq in self._audio_sent:
+                figures.audio_block_ms.append((now - self._audio_sent[media.seq]) * 1000.0)
+                figures.audio_blocks += 1
+                figures.flagged_audio += flagged
+
+    def _keep(self, media: protocol.Media, now: float, flagged: bool) -> None:
+        if media.kind == protocol.Kind.VIDEO and media.seq in self._video_sent:
+            self.replies.append(Reply(now, media.kind, (now - self._video_sent[media.seq]) * 1000.0, flagged))
+        elif media.kind == protocol.Kind.AUDIO:
+            samples = len(media.payload) // protocol.PCM_SAMPLE_BYTES
+            self.samples_out += samples
+            sent = self._audio_sent.get(media.seq, now)
+            self.replies.append(Reply(now, media.kind, (now - sent) * 1000.0, flagged, samples))

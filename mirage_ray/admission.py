@@ -22,6 +22,17 @@ RETRY_OVER_BUDGET_S = 15.0  # the degrade ladder restores after ~15 s of stable 
 RESERVATION_S = 10.0  # an admitted session counts before its first summary arrives, for at most this long
 
 
+def capacity_for(ingress_replicas: int | None, sessions_per_replica: int, max_sessions: int) -> int:
+    """Sessions the application may hold now: what its running ingress replicas hold, never above ``max_sessions``.
+
+    Autoscaling adds and removes ingress replicas (docs/scaling.md); admission follows them, so a session is never
+    let in before a replica with room for it is running. ``None`` (the count is not known yet, or Serve's controller
+    is unreachable) counts one replica: the one asking is running. Never below one session, for the same reason.
+    """
+    replicas = 1 if ingress_replicas is None else max(1, ingress_replicas)
+    return min(max_sessions, replicas * sessions_per_replica)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether a new session may start; ``reason`` is for the client (close reason) and the logs."""
@@ -49,6 +60,12 @@ class AdmissionPolicy:
         self.capacity = capacity
         self.live_load = live_load  # refuse while an admitted session is out of budget
         self._reserved: dict[str, float] = {}  # session id -> when it was admitted (until its first summary)
+
+    def set_capacity(self, capacity: int) -> None:
+        """The capacity changes with the running ingress replicas (:func:`capacity_for`)."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
 
     def reserve(self, session_id: str, now_s: float) -> None:
         self._reserved[session_id] = now_s

@@ -62,24 +62,23 @@ def _log(choice: Choice) -> Choice:
     return choice
 
 
-def _auto_or_explicit(
-    stage: str, setting: str, production: str, files: tuple[str, ...], registry: ModelRegistry
-) -> tuple[bool, str]:
-    """(use production?, reason). Explicit production with missing files raises ModelMissingError."""
+def _auto_or_explicit(stage: str, setting: str, production: str, registry: ModelRegistry) -> tuple[bool, str]:
+    """(use production?, reason). Explicit production with missing files raises ModelMissingError.
+
+    The files a backend needs are the registry's (``ModelRegistry.backend_files``)."""
     if setting == production:
-        for name in files:
-            registry.require(name)
+        registry.require_backend(production)
         return True, f"{stage}={production} (explicit)"
     if setting != "auto":
         return False, f"{stage}={setting} (explicit)"
-    missing = [str(registry.path(name)) for name in files if not registry.is_present(name)]
+    missing = [str(registry.path(name)) for name in registry.backend_files(production) if not registry.is_present(name)]
     if missing:
         return False, f"auto: {', '.join(missing)} not present, embedded default"
     return True, "auto: verified production files present"
 
 
 def build_detector(settings: MirageSettings, registry: ModelRegistry) -> tuple[Detector, Choice]:
-    use_production, reason = _auto_or_explicit("detector", settings.detector, "scrfd", ("scrfd",), registry)
+    use_production, reason = _auto_or_explicit("detector", settings.detector, "scrfd", registry)
     if use_production:
         from mirage_ray.vision.detect_scrfd import ScrfdDetector
 
@@ -108,15 +107,15 @@ def build_swapper(settings: MirageSettings, registry: ModelRegistry) -> tuple[Sw
 
         swapper: Swapper = PassthroughSwapper()
         return swapper, _log(Choice("swapper", swapper.name, "swapper=passthrough (explicit)", True))
-    model = "inswapper_fp16" if settings.inswapper_precision == "fp16" else "inswapper"
-    use_production, reason = _auto_or_explicit("swapper", settings.swapper, "inswapper", (model, "arcface"), registry)
+    model, arcface = registry.backend_files("inswapper")  # the swapper file follows inswapper_precision
+    use_production, reason = _auto_or_explicit("swapper", settings.swapper, "inswapper", registry)
     if use_production:
         from mirage_ray.vision.swap_inswapper import InSwapper
 
         fallback_path = registry.path("inswapper") if model == "inswapper_fp16" else None
         swapper = InSwapper(
             registry.require(model),
-            registry.require("arcface"),
+            registry.require(arcface),
             providers=onnx_providers(settings),
             precision=settings.inswapper_precision,
             fp32_fallback_path=fallback_path if fallback_path and fallback_path.exists() else None,
@@ -133,7 +132,7 @@ def build_enhancer(settings: MirageSettings, registry: ModelRegistry) -> tuple[E
 
     if settings.enhancer == "none":
         return NoEnhancer(), _log(Choice("enhancer", "none", "enhancer=none (explicit)", True))
-    use_production, reason = _auto_or_explicit("enhancer", settings.enhancer, "codeformer", ("codeformer",), registry)
+    use_production, reason = _auto_or_explicit("enhancer", settings.enhancer, "codeformer", registry)
     if not use_production:
         return NoEnhancer(), _log(Choice("enhancer", "none", reason + ": enhancement unavailable", True))
     from mirage_ray.vision.enhance_codeformer import CodeFormerEnhancer
@@ -154,7 +153,7 @@ def build_converters(
         converter = PassthroughConverter()
         logger.warning("voice=passthrough is for diagnostics only: the speaker's real voice is sent unchanged")
         return converter, converter, _log(Choice("voice", converter.name, "voice=passthrough (explicit)", True))
-    use_production, reason = _auto_or_explicit("voice", settings.voice, "rvc", ("rmvpe", "contentvec"), registry)
+    use_production, reason = _auto_or_explicit("voice", settings.voice, "rvc", registry)
     voices = sorted(registry.voices_dir().glob("*.onnx")) if registry.voices_dir().is_dir() else []
     if use_production and not voices:
         if settings.voice == "rvc":

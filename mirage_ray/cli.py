@@ -22,15 +22,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from mirage_ray.config import MirageSettings, load_settings
+from mirage_ray.config import MirageSettings, field_range, load_settings
 from mirage_ray.models_cli import cmd_models_fetch, cmd_models_list, cmd_models_verify
 from mirage_ray.security import ConfigurationError, TokenIssuer
+from mirage_ray.voice.presets import PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
 DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 USAGE_ERROR = 2
-VOICE_PRESETS = ("neutral", "deeper", "brighter", "much-deeper", "higher", "octave-down")
+VOICE_PRESETS = tuple(PRESETS)
+RANGES = {
+    name: field_range(field)
+    for name, field in (("pitch", "pitch_semitones"), ("formant", "formant_shift"), ("faces", "max_faces"))
+}
 
 
 def fail(message: str) -> int:
@@ -211,9 +216,13 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     live.add_argument("--no-preview", action="store_true", help="no preview window")
     settings = client.add_argument_group("settings (default: the server's)")
     settings.add_argument("--voice", help=f"a preset ({', '.join(VOICE_PRESETS)}) or a voice model name")
-    settings.add_argument("--pitch", type=float, help="pitch shift in semitones (-24..24)")
-    settings.add_argument("--formant", type=float, help="formant shift (0.5..2; < 1 deeper)")
-    settings.add_argument("--max-faces", type=int, help="faces to swap, largest first (1..16)")
+    settings.add_argument("--pitch", type=float, help="pitch shift in semitones ({:g}..{:g})".format(*RANGES["pitch"]))
+    settings.add_argument(
+        "--formant", type=float, help="formant shift ({:g}..{:g}; < 1 deeper)".format(*RANGES["formant"])
+    )
+    settings.add_argument(
+        "--max-faces", type=int, help="faces to swap, largest first ({:g}..{:g})".format(*RANGES["faces"])
+    )
     settings.add_argument("--enhance", action=argparse.BooleanOptionalAction, default=None, help="face restorer")
     settings.add_argument("--no-swap", action="store_true", help="pass video through unswapped")
 

@@ -31,16 +31,22 @@ def image_size(data: bytes) -> tuple[int, int]:
     raise CodecError("not a JPEG or PNG image")
 
 
-def decode_image(data: bytes, max_pixels: int, max_side: int | None = None) -> np.ndarray:
-    """BGR uint8 image from JPEG/PNG bytes; refuses images above ``max_pixels`` before decoding.
-
-    ``max_side`` optionally downsizes (keeping aspect) so the longest side is at most that many pixels.
-    """
+def checked_image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header, refused (CodecError) when zero or above ``max_pixels``: the dimension cap."""
     width, height = image_size(data)
     if width <= 0 or height <= 0:
         raise CodecError("image has zero size")
     if width * height > max_pixels:
         raise CodecError(f"image {width}x{height} exceeds the limit of {max_pixels} pixels")
+    return width, height
+
+
+def decode_image(data: bytes, max_pixels: int, max_side: int | None = None) -> np.ndarray:
+    """BGR uint8 image from JPEG/PNG bytes; refuses images above ``max_pixels`` before decoding.
+
+    ``max_side`` optionally downsizes (keeping aspect) so the longest side is at most that many pixels.
+    """
+    checked_image_size(data, max_pixels)
     if data[:2] == b"\xff\xd8":
         try:
             image = simplejpeg.decode_jpeg(data, colorspace="BGR")

@@ -78,11 +78,24 @@ class MirageSettings(BaseSettings):
     max_connections_per_subject_per_s: float = Field(5.0, ge=0.1, le=1000.0)
     subject_connection_burst: int = Field(20, ge=1, le=10_000)
     max_sessions_per_subject: int = Field(8, ge=1, le=10_000, description="concurrent sessions per token sub")
+    flood_cooldown_s: float = Field(
+        30.0,
+        ge=0.0,
+        le=3600.0,
+        description="after a 4029 for flooding: that address and token sub are refused this long (0: off)",
+    )
     max_bytes_per_s: int = Field(8_000_000, ge=16_000, le=1_000_000_000, description="inbound bytes per session")
     # control messages are tiny: a text above this is refused before parsing
     max_json_bytes: int = Field(16_384, ge=256, le=16 * 1024 * 1024)
     # nesting of arrays/objects, far below the interpreter's recursion limit
     max_json_depth: int = Field(32, ge=2, le=256)
+    seq_tolerance: int = Field(
+        1000,
+        ge=0,
+        le=1 << 20,
+        description="a message's seq may run at most this far ahead of the expected next one for its kind; "
+        "beyond it, or behind (a replay), the message is invalid",
+    )
 
     # --- video ----------------------------------------------------------------------------------
     video_width: int = Field(512, ge=64, le=1920)
@@ -107,11 +120,15 @@ class MirageSettings(BaseSettings):
     gpu_mem_limit_mb: int = Field(4096, ge=256, le=80_000)
 
     # --- audio ----------------------------------------------------------------------------------
-    chunk_ms: int = Field(192, ge=40, le=1000)
+    # the block the server starts at: 80 ms (not the seed's 192) so that mouth-to-ear can reach 200 ms; WORLD fits
+    # it with room to spare, and the grow rule lengthens it on a machine that cannot (docs/benchmarks.md)
+    chunk_ms: int = Field(80, ge=40, le=1000, description="voice block the server starts at, ms")
     min_chunk_ms: int = Field(80, ge=40, le=1000)
     max_chunk_ms: int = Field(480, ge=40, le=1000)
     context_ms: int = Field(384, ge=0, le=3000)
-    crossfade_ms: int = Field(40, ge=0, le=200)
+    # crossfade + SOLA search = the converter's hold-back (pure delay); 20 + 5 ms still removes boundary clicks
+    crossfade_ms: int = Field(20, ge=0, le=200, description="sin² crossfade at block joins, ms")
+    sola_search_ms: int = Field(5, ge=0, le=50, description="how far SOLA may slide a block to match the last, ms")
     crossfade: bool = True
     gate_db: float = Field(-50.0, ge=-120.0, le=0.0)
     voice: VoiceChoice = "auto"
@@ -136,14 +153,10 @@ class MirageSettings(BaseSettings):
     )
 
     # --- batching -------------------------------------------------------------------------------
-    batch_max_size: int = Field(8, ge=1, le=64)
-    batch_wait_s: float = Field(0.002, ge=0.0, le=0.1)
-
-    # --- test-only ------------------------------------------------------------------------------
-    test_hooks: bool = Field(False, description="test-only: allow changing stage delays at run time")
-    test_delay_ms: dict[str, float] = Field(
-        default_factory=dict, description="test-only: extra ms added per call to a stage (detect/swap/enhance/voice)"
-    )
+    # defaults of each model deployment's user_config (mirage_ray/stage_api.py BatchConfig), which can change them
+    # per deployment on live replicas (docs/configuration.md)
+    batch_max_size: int = Field(8, ge=1, le=64, description="@serve.batch max batch size of the model deployments")
+    batch_wait_s: float = Field(0.002, ge=0.0, le=0.1, description="@serve.batch wait for a batch to fill")
 
     @field_validator("voice_preset")
     @classmethod

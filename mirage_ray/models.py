@@ -139,10 +139,11 @@ MODEL_FILES: tuple[ModelFile, ...] = (
     ),
 )
 
-# Registry files each production backend needs, by the backend names of config.py. InSwapper also needs ArcFace.
+# The registry files each production backend needs, by the backend names of config.py: the one list backends.py
+# selects and loads by. InSwapper also needs ArcFace (its swapper file first; fp16 swaps it, see backend_files).
 BACKEND_FILES: dict[str, tuple[str, ...]] = {
     "scrfd": ("scrfd",),
-    "inswapper": ("arcface", "inswapper"),
+    "inswapper": ("inswapper", "arcface"),
     "codeformer": ("codeformer",),
     "rvc": ("rmvpe", "contentvec"),
 }

@@ -23,9 +23,12 @@ BEARER_PREFIX = "bearer."
 HEADER = struct.Struct("<BBHIq")
 HEADER_SIZE = HEADER.size  # 16 bytes
 FLAG_PASSTHROUGH = 0x01
-UINT32_MOD = 1 << 32
+UINT32_MOD = 1 << 32  # seq is a uint32: it wraps here
+AUDIO_SAMPLE_RATE = 16_000  # the wire's PCM16 mono rate, Hz
+AUDIO_FRAME_MS = 10  # the audio unit: a payload is a whole number of these
 PCM_SAMPLE_BYTES = 2
-SAMPLES_PER_10MS = 160
+SAMPLES_PER_10MS = AUDIO_SAMPLE_RATE * AUDIO_FRAME_MS // 1000  # 160
+AUDIO_FRAME_BYTES = SAMPLES_PER_10MS * PCM_SAMPLE_BYTES  # 320
 MAX_JSON_BYTES: int = MirageSettings.model_fields["max_json_bytes"].default
 MAX_JSON_DEPTH: int = MirageSettings.model_fields["max_json_depth"].default
 ECHO_CHARS = 80  # a refused value is quoted back at most this long
@@ -58,6 +61,7 @@ class ErrorCode:
     BAD_PAYLOAD = "bad_payload"
     BAD_JSON = "bad_json"
     BAD_SETTING = "bad_setting"
+    BAD_SEQ = "bad_seq"  # seq outside the tolerance window of the expected next value for its kind
 
 
 class ProtocolError(ValueError):
@@ -79,6 +83,21 @@ class Header:
 def pack(kind: int, seq: int, capture_us: int, payload: bytes, flags: int = 0) -> bytes:
     """One binary message: 16-byte little-endian header + payload."""
     return HEADER.pack(int(kind), flags, 0, seq % UINT32_MOD, capture_us) + payload
+
+
+def seq_ahead(seq: int, expected: int) -> int:
+    """How far ``seq`` is ahead of ``expected`` on the wrapping uint32 circle (0 .. 2**32 - 1)."""
+    return (seq - expected) % UINT32_MOD
+
+
+def audio_payload_problem(payload: bytes) -> str | None:
+    """Why an audio payload breaks the 10 ms rule (empty, or not whole 10 ms PCM16 frames), or None."""
+    if payload and len(payload) % AUDIO_FRAME_BYTES == 0:
+        return None
+    return (
+        f"audio payload must be a non-empty multiple of {SAMPLES_PER_10MS} PCM16 samples ({AUDIO_FRAME_MS} ms),"
+        f" got {len(payload)} bytes"
+    )
 
 
 def unpack(message: bytes) -> tuple[Header, bytes]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from mirage_ray.vision.base import ReferenceRejected
+from mirage_ray.vision.base import MIN_REFERENCE_FACE_PX, ReferenceRejected
 from mirage_ray.vision.faces import Face, largest_faces
 
-MIN_REFERENCE_FACE_PX = 64  # a reference face smaller than this cannot give a usable identity (both swappers)
 EQUAL_FACES_RATIO = 0.9  # two reference faces this close in size are ambiguous
 
 

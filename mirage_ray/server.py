@@ -111,7 +111,7 @@ def build_app(ctx: ServerContext) -> Starlette:
                 "admission": await gate.load(),
                 "totals": ctx.totals,
                 "aggregate": aggregate(ctx.summaries()),
-                "per_session": {s.id: s.stats_message() for s in live},
+                "per_session": {s.id: s.stats_snapshot() for s in live},  # leaves the sessions' fps windows
                 "backends": dict(ctx.info.report),
             }
         )
@@ -170,6 +170,7 @@ def build_app(ctx: ServerContext) -> Starlette:
         ctx.totals["sessions_started"] += 1
         logger.info("session %s started for %s", session.id, principal.subject)
         limits.session_started(principal.subject)
+        connection: Connection | None = None
         try:
             connection = ctx.connections[session.id] = Connection(
                 websocket, session, principal.expires_at, ctx.controller_push
@@ -183,6 +184,9 @@ def build_app(ctx: ServerContext) -> Starlette:
                 logger.debug("session %s: socket already closed", session.id)
         finally:
             limits.session_ended(principal.subject)
+            closed = connection.closed_by_server if connection is not None else None
+            if closed is not None and closed[0] == CloseCode.RATE_LIMITED:  # a flood: no fresh allowance on reconnect
+                limits.flooded(client_address, principal.subject, time.monotonic())
             ctx.sessions.pop(session.id, None)
             ctx.connections.pop(session.id, None)
             await gate.release(session.id)

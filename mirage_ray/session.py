@@ -24,27 +24,20 @@ import numpy as np
 
 from mirage_ray import protocol
 from mirage_ray.adapt import DROP_FPS_GATE, FAIL_ABOVE, AudioPolicy, FpsGate, VideoDecision, VideoDegradePolicy
-from mirage_ray.codec import (
-    CodecError,
-    decode_image,
-    encode_jpeg,
-    float_to_pcm16,
-    image_size,
-    pcm16_to_float,
-    resize_max_side,
-)
+from mirage_ray.codec import CodecError, decode_image, encode_jpeg, float_to_pcm16, pcm16_to_float, resize_max_side
 from mirage_ray.config import MirageSettings
 from mirage_ray.controls import SessionControls
 from mirage_ray.metrics import MetricsSink, SessionMetrics, SessionSummary
-from mirage_ray.protocol import FLAG_PASSTHROUGH, CloseCode, ErrorCode, Kind, Media, ProtocolError
+from mirage_ray.protocol import FLAG_PASSTHROUGH, ErrorCode, Kind, Media, ProtocolError
 from mirage_ray.reference import choose_reference_face
-from mirage_ray.security import InvalidFrameWindow, TokenBucket
+from mirage_ray.security import FrameGuard, TokenBucket
 from mirage_ray.stages import StageInfo, Stages, Workers
 from mirage_ray.sync import AvSync
 from mirage_ray.vision.align import FFHQ_TEMPLATE_512, face_mask, paste_back, warp_face
-from mirage_ray.vision.base import ReferenceRejected
+from mirage_ray.vision.base import ENHANCE_CROP_PX, ReferenceRejected
 from mirage_ray.vision.faces import Face, SourceIdentity, face_region, translate
-from mirage_ray.vision.mask import mask_faces
+from mirage_ray.vision.mask import TrackConfirmation, mask_faces
+from mirage_ray.vision.smooth import FaceSmoother
 from mirage_ray.vision.tracker import FaceTracker
 from mirage_ray.voice.base import SAMPLE_RATE
 from mirage_ray.voice.convert_shift import ShiftConverter
@@ -55,9 +48,7 @@ logger = logging.getLogger(__name__)
 Outgoing = Media | dict[str, Any]
 T = TypeVar("T")
 
-ENHANCE_CROP_PX = 512
 US_PER_S = 1_000_000
-PROTOCOL_LEVEL_ERRORS = frozenset({ErrorCode.BAD_HEADER, ErrorCode.BAD_KIND, ErrorCode.BAD_JSON})
 DROP_PAUSED = "paused"
 # what became of an audio block
 SILENT, CONVERTED, TIMED_OUT, FAILED, LATE = "silent", "converted", "timed_out", "failed", "late"
@@ -86,11 +77,13 @@ class Session:
         self.close_reason = ""
         self.controls = SessionControls(settings, info.voices)
         self._fail_closed = settings.on_stage_failure == "mask"
-        # security
-        self._invalid = InvalidFrameWindow(settings.invalid_window, settings.invalid_ratio_abandon)
+        # security: the frame guard (size, header, seq, payload checks, invalid-frame window) the transport applies
+        self.guard = FrameGuard(settings)
         self._messages = TokenBucket(settings.max_messages_per_s, settings.message_burst)
         # video
-        self._tracker = FaceTracker(detect_every=settings.detect_every, max_faces=settings.max_faces)
+        self._tracker = FaceTracker(
+            detect_every=settings.detect_every, max_faces=settings.max_faces, smoother=FaceSmoother()
+        )
         self._identity: SourceIdentity | None = None
         self._video = VideoDegradePolicy.from_settings(settings)
         self._fps_gate = FpsGate()
@@ -102,6 +95,7 @@ class Session:
             block_ms=settings.chunk_ms,
             context_ms=settings.context_ms,
             crossfade_ms=settings.crossfade_ms,
+            search_ms=settings.sola_search_ms,
             crossfade=settings.crossfade,
             gate_db=settings.gate_db,
         )
@@ -117,6 +111,7 @@ class Session:
         self._flushes = 0  # flush requests not yet taken by the transport
         self._last_audio = (0, 0)  # (seq, capture time) of the latest audio chunk: a flushed block answers it
         self._fail_closed_count = {"video": 0, "audio": 0}
+        self._faces_check = TrackConfirmation()
         self._stage_failures: dict[str, int] = {}
         self._controller_ok = True
 
@@ -140,17 +135,16 @@ class Session:
         return self._messages.allow(now)
 
     def on_invalid(self, error: ProtocolError | CodecError, kind: str = "message") -> list[Outgoing]:
-        """Count an invalid message in the window; answer with an error; abandon above the ratio."""
-        self._invalid.record(True)
+        """Count an invalid message in the guard's window; answer with an error; end the session when it says so."""
         self.metrics.invalid_message()
+        self._count_invalid(error)
         code = error.code if isinstance(error, ProtocolError) else ErrorCode.BAD_PAYLOAD
-        if self._invalid.should_abandon:
-            # the message that tipped the window decides: a broken framing/JSON stream is a protocol error (4002),
-            # undecodable payloads are an abandoned session (4003)
-            framing = isinstance(error, ProtocolError) and error.code in PROTOCOL_LEVEL_ERRORS
-            self.close_code = CloseCode.PROTOCOL_ERROR if framing else CloseCode.ABANDONED
-            self.close_reason = f"more than {self.settings.invalid_ratio_abandon:.0%} of recent messages were invalid"
         return [protocol.error(code, f"invalid {kind}: {error}")]
+
+    def _count_invalid(self, error: ProtocolError | CodecError) -> None:
+        close = self.guard.invalid(error)
+        if close is not None and self.close_code is None:
+            self.close_code, self.close_reason = close
 
     def on_text(self, text: str) -> list[Outgoing]:
         try:
@@ -175,9 +169,9 @@ class Session:
         try:
             image = await self._workers.video(decode_image, media.payload, self.settings.max_image_pixels, 1024)
         except CodecError as exc:
-            self._invalid.record(True)
+            self._count_invalid(exc)
             return [protocol.reference_reply(False, 0, f"That file is not a usable image ({exc}).")]
-        self._invalid.record(False)
+        self.guard.valid()
         faces: list[Face] = []
         try:
             faces = await self._stages.detect(image)
@@ -201,12 +195,7 @@ class Session:
         started = self._clock()
         self.metrics.frame_in()
         level = self._video.level
-        # 1. the header of the image (dimension cap) before any work; invalid frames are counted and answered
-        try:
-            image_size(media.payload)
-        except CodecError as exc:
-            self.metrics.frame_dropped("invalid")
-            return self.on_invalid(exc, "video frame")
+        # 1. the frame guard has passed it (transport.py: header, seq, the image's dimensions from its header)
         # 2. sync (audio is the master clock), then the degrade level: paused, fps gate
         decision = self._sync.on_video(media.capture_us)
         if decision.degrade_request:
@@ -226,10 +215,10 @@ class Session:
         except CodecError as exc:
             self.metrics.frame_dropped("invalid")
             return self.on_invalid(exc, "video frame")
-        self._invalid.record(False)
+        self.guard.valid()
         decoded = self._clock()
         # 4-6. detect / track, swap, enhance (fails closed)
-        output, flags, timings = await self._process_faces(image, gray)
+        output, flags, timings = await self._process_faces(image, gray, media.capture_us / 1e6)
         encode_start = self._clock()
         payload = await self._workers.video(encode_jpeg, output, level.jpeg_quality)
         done = self._clock()
@@ -251,7 +240,9 @@ class Session:
         """A video stage call, bounded: a frame whose stage is slower than the timeout fails closed."""
         return await asyncio.wait_for(call, self._video_timeout_s)
 
-    async def _process_faces(self, image: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, int, dict[str, float]]:
+    async def _process_faces(
+        self, image: np.ndarray, gray: np.ndarray, t_s: float
+    ) -> tuple[np.ndarray, int, dict[str, float]]:
         """(frame out, flags, stage timings). Unswapped frames carry FLAG_PASSTHROUGH.
 
         A frame due for detection while a face is already tracked is swapped with the tracked faces and detected at
@@ -266,16 +257,24 @@ class Session:
         detection: asyncio.Task[list[Face]] | None = None
         try:
             if beside:
-                faces = await self._workers.video(self._tracker.propagate, gray)
+                faces = await self._workers.video(self._tracker.propagate, gray, t_s)
                 detection = asyncio.ensure_future(self._video_stage(self._stages.detect(image)))
             elif detect:
                 found = await self._video_stage(self._stages.detect(image))
-                faces = await self._workers.video(self._tracker.update, found, gray)
+                faces = await self._workers.video(self._tracker.update, found, gray, t_s)
                 timings["detect"] = (self._clock() - t0) * 1000.0
             else:
-                faces = await self._workers.video(self._tracker.propagate, gray)
+                faces = await self._workers.video(self._tracker.propagate, gray, t_s)
         except Exception as exc:
+            self._faces_check.detection_failed(self._clock())
             return await self._frame_failed("detect", exc, image, disguise), FLAG_PASSTHROUGH, timings
+        if detect and not beside:
+            self._faces_check.detected(faces, self._clock())
+        if disguise and self._fail_closed and not self._faces_check.trusted(faces, self._clock()):
+            # the detector is failing or a face just vanished: hide what may be a face instead of revealing it
+            await self._detected_beside(detection, gray, t0, timings)
+            self._fail_closed_count["video"] += 1
+            return await self._workers.video(mask_faces, image, []), FLAG_PASSTHROUGH, timings
         if self._identity is None or not disguise or not faces:
             return image, FLAG_PASSTHROUGH, timings
         t1 = self._clock()
@@ -301,10 +300,12 @@ class Session:
         try:
             found = await detection
         except Exception as exc:
+            self._faces_check.detection_failed(self._clock())
             self._stage_failed("detect", exc)
             return
         timings["detect"] = (self._clock() - t0) * 1000.0
-        await self._workers.video(self._tracker.correct, found, gray)
+        kept = await self._workers.video(self._tracker.correct, found, gray)
+        self._faces_check.detected(kept, self._clock())
 
     async def _swap_region(self, image: np.ndarray, faces: list[Face], identity: SourceIdentity) -> np.ndarray:
         """Only the region around the faces travels to the swapper (both swappers work bbox-local); its size is the
@@ -363,14 +364,7 @@ class Session:
         ``late``: the transport has a backlog; blocks skip the voice stage and go out through the ingress's own
         pitch shift (flagged) so that latency returns to normal. No sample is ever dropped.
         """
-        if not media.payload or len(media.payload) % (protocol.SAMPLES_PER_10MS * protocol.PCM_SAMPLE_BYTES):
-            error = ProtocolError(
-                ErrorCode.BAD_PAYLOAD,
-                f"audio payload must be a non-empty multiple of {protocol.SAMPLES_PER_10MS} PCM16 samples (10 ms),"
-                f" got {len(media.payload)} bytes",
-            )
-            return self.on_invalid(error, "audio chunk")
-        self._invalid.record(False)
+        self.guard.valid()  # the frame guard has passed it: whole 10 ms PCM16 frames
         self._last_audio = (media.seq, media.capture_us)
         decode_start = self._clock()
         samples = pcm16_to_float(media.payload)
@@ -497,15 +491,23 @@ class Session:
         self.metrics.queue_backlog("outbound", outbound)
 
     def stats_message(self) -> dict[str, Any]:
-        """The ``stats`` message: the metrics' counts and timings plus rates since the previous stats message."""
-        body = self.metrics.stats()
+        """The ``stats`` message the session sends: counts, timings, and fps since its previous one (a new window
+        starts here)."""
         now = self._clock()
+        message = self.stats_snapshot(now)
+        self._last_stats = (now, message["frames"]["in"], message["frames"]["out"])
+        return message
+
+    def stats_snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """The same body for an observer (GET /v1/stats): fps since the session's last ``stats`` message, whose
+        window it leaves alone, so polling never changes what the session reports."""
+        body = self.metrics.stats()
+        now = self._clock() if now is None else now
         last_t, last_in, last_out = self._last_stats
         elapsed = now - last_t
         frames_in, frames_out = body["frames"]["in"], body["frames"]["out"]
         body["fps_in"] = round((frames_in - last_in) / elapsed, 2) if elapsed > 0 else 0.0
         body["fps_out"] = round((frames_out - last_out) / elapsed, 2) if elapsed > 0 else 0.0
-        self._last_stats = (now, frames_in, frames_out)
         body["runtime_ratio"] = body["ratio"]["audio"]  # the voice's runtime/real (the seed's ratio)
         body["audio"].update(
             chunk_ms=self._audio.chunk_ms,

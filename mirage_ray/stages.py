@@ -7,7 +7,6 @@ model deployments (actors/); in unit tests and benchmarks :class:`LocalStages` r
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,20 +30,6 @@ def swap_margin(swapper: object) -> float:
 
 class StageUnavailable(RuntimeError):
     """A stage call failed (dying replica, backend error); the session answers that payload in passthrough."""
-
-
-@dataclass(frozen=True)
-class StageFailure:
-    """Returned in place of one batch item's result when that item failed (the others are unaffected)."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class IdentityMiss:
-    """A swapper replica does not hold the identity a request named by key; the caller resends it in full."""
-
-    key: str
 
 
 @dataclass(frozen=True)
@@ -118,26 +103,6 @@ class Stages(Protocol):
     async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray: ...
 
 
-class TestDelay:
-    """Test-only extra latency for one stage (0 unless configured); changeable at run time with test hooks on."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, settings: MirageSettings, stage: str) -> None:
-        self.stage = stage
-        self.ms = float(settings.test_delay_ms.get(stage, 0.0))
-        self._hooks = settings.test_hooks
-
-    def set(self, ms: float) -> None:
-        if not self._hooks:
-            raise PermissionError("stage delays can only change at run time with test_hooks enabled")
-        self.ms = max(0.0, float(ms))
-
-    def sleep(self) -> None:
-        if self.ms > 0:
-            time.sleep(self.ms / 1000.0)
-
-
 class LocalStages:
     """In-process stages over ready backends, run on the replica's workers (tests, benchmarks, the in-process
     baseline, and the ingress's own stages where ``local_stages`` places them there)."""
@@ -159,18 +124,12 @@ class LocalStages:
         self.enhancer = enhancer
         self.converter = converter
         self.fallback_converter = fallback_converter
-        self.delays = {stage: TestDelay(settings, stage) for stage in ("detect", "swap", "enhance", "voice")}
 
     async def _run(self, stage: str, fn: Callable[..., T] | None, *args: Any) -> T:
-        """``fn(*args)`` off the event loop, after the stage's test delay (0 unless a test sets one)."""
+        """``fn(*args)`` off the event loop: audio on the audio pool, video on the video pool."""
         if fn is None:
             raise StageUnavailable(f"the {stage} stage is not placed in this process")
-
-        def call() -> T:
-            self.delays[stage].sleep()
-            return fn(*args)
-
-        return await (self.workers.audio(call) if stage == "voice" else self.workers.video(call))
+        return await (self.workers.audio(fn, *args) if stage == "voice" else self.workers.video(fn, *args))
 
     async def detect(self, image: np.ndarray) -> list[Face]:
         return await self._run("detect", self.detector and self.detector.detect, image)

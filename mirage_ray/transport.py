@@ -1,6 +1,8 @@
 """One WebSocket connection's I/O loops around a :class:`Session`.
 
-The socket is read in one loop; video and audio are processed by two workers so audio never waits behind video:
+The socket is read in one loop, which applies the session's frame guard (:class:`~mirage_ray.security.FrameGuard`:
+size cap, header, flags, seq, payload checks) to every message before it is queued; video and audio are processed
+by two workers so audio never waits behind video:
 - video keeps a one-frame slot: a frame that arrives while the previous one is still in the pipeline replaces
   the waiting one (the replaced frame is counted as dropped, reason ``busy``), so video latency stays constant;
 - audio is processed strictly in order; when more than ``AUDIO_BACKLOG_BLOCKS`` chunks are waiting, the backlog
@@ -21,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from mirage_ray import protocol
-from mirage_ray.protocol import CloseCode, ErrorCode, Kind, Media, ProtocolError
-from mirage_ray.security import ByteRate
+from mirage_ray.protocol import CloseCode, Kind, Media
+from mirage_ray.security import ByteRate, FrameRejected
 from mirage_ray.session import Outgoing, Session
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ class Connection:
         self._waiting_sends = 0  # outbound backlog: sends waiting for the socket
         self._bytes_in = ByteRate.from_settings(session.settings)
         self._finished = asyncio.Event()  # run() has returned: nothing more will be sent
+
+    @property
+    def closed_by_server(self) -> tuple[int, str] | None:
+        """The code and reason the server closed with (None while open, or when the client left first)."""
+        return self._closing
 
     async def run(self) -> None:
         await self._send([self._session.hello()])
@@ -130,10 +137,8 @@ class Connection:
                 return
             raw_bytes, text = message.get("bytes"), message.get("text")
             size = len(raw_bytes) if raw_bytes is not None else len(text or "")
-            if size > session.settings.max_frame_bytes:
-                self._close(
-                    CloseCode.TOO_BIG, f"message larger than max_frame_bytes={session.settings.max_frame_bytes}"
-                )
+            if (too_big := session.guard.too_big(size)) is not None:
+                self._close(CloseCode.TOO_BIG, too_big)
                 return
             if not session.admit(time.monotonic()):
                 self._close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
@@ -153,11 +158,11 @@ class Connection:
 
     async def _dispatch_binary(self, raw: bytes) -> None:
         try:
-            media = protocol.parse_media(raw)
-            if media.flags:  # flag bits are the server's to set: a client sends 0
-                raise ProtocolError(ErrorCode.BAD_HEADER, f"flags must be 0 from a client, got {media.flags}")
-        except ProtocolError as exc:
-            await self._send(self._session.on_invalid(exc))
+            media = self._session.guard.media(raw)  # header, flags, seq, payload checks (security.FrameGuard)
+        except FrameRejected as exc:
+            if exc.kind == Kind.VIDEO:
+                self._session.count_video_drop("invalid")
+            await self._send(self._session.on_invalid(exc, exc.what))
             return
         if media.kind == Kind.VIDEO:
             if self._video_slot is not None:

@@ -48,6 +48,7 @@ FUZZ_OVERRIDES: dict[str, object] = {
     "max_messages_per_s": 10_000.0,
     "message_burst": 100_000,
     "max_frame_bytes": 262_144,
+    "flood_cooldown_s": 0.0,  # a session closed 4029 must not lock the fuzzer out
 }
 OVERSIZE_BYTES = 300_000
 # a session that ends with one of these closed the connection on purpose; anything else is a failure
@@ -78,10 +79,15 @@ def no_models() -> dict[str, Any]:
     return dict.fromkeys(("detector", "swapper", "enhancer", "converter", "fallback"))
 
 
+def local_stages(settings: MirageSettings, models: dict[str, Any]) -> LocalStages:
+    """In-process stages over the models of :func:`backends` (or any dict with its keys)."""
+    return LocalStages(settings, *[models[k] for k in ("detector", "swapper", "enhancer", "converter", "fallback")])
+
+
 def make_app(models: dict[str, Any], **overrides: object) -> Starlette:
     """The in-process front door (one ingress replica) with the fuzz limits; ``overrides`` win."""
     settings = MirageSettings(jwt_secret=SECRET, **{**FUZZ_OVERRIDES, **overrides})
-    stages = LocalStages(settings, *[models[k] for k in ("detector", "swapper", "enhancer", "converter", "fallback")])
+    stages = local_stages(settings, models)
     report = {name: {"ready": True} for name in ("detector", "swapper", "enhancer", "voice")}
 
     async def readiness() -> dict[str, Any]:
@@ -305,3 +311,19 @@ def hostile_media(rng: random.Random) -> bytes:
 
 def hostile_message(rng: random.Random) -> bytes | str:
     return hostile_text(rng) if rng.random() < 0.45 else hostile_media(rng)
+
+
+class SeqStamper:
+    """Gives a binary message the next seq of its kind, as a conforming client would, so that the rules behind the
+    seq rule (payloads) still see hostile input; text, and binary without a known kind, pass unchanged."""
+
+    def __init__(self) -> None:
+        self._next: dict[int, int] = {}
+
+    def __call__(self, message: bytes | str) -> bytes | str:
+        if isinstance(message, str) or len(message) < protocol.HEADER_SIZE or message[0] not in Kind._value2member_map_:
+            return message
+        kind, flags, reserved, _, capture_us = protocol.HEADER.unpack_from(message)
+        seq = self._next.get(kind, 0)
+        self._next[kind] = (seq + 1) % protocol.UINT32_MOD
+        return protocol.HEADER.pack(kind, flags, reserved, seq, capture_us) + message[protocol.HEADER_SIZE :]

@@ -19,7 +19,7 @@ from mirage_ray.client.extras import ClientError, require
 from mirage_ray.client.media_io import encode_frame
 from mirage_ray.client.pacing import SAMPLE_RATE, PlayoutBuffer, VideoWindow, send_chunk_ms
 from mirage_ray.client.wire import MirageConnection
-from mirage_ray.protocol import Media
+from mirage_ray.protocol import SAMPLES_PER_10MS, Media
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ LIVE_WINDOW = 2  # frames unanswered before the camera's frames are skipped at t
 LIVE_FRAME_TIMEOUT_S = 2.0
 PLAYOUT_MAX_MS = 400
 PREVIEW_TITLE = "mirage-ray client (q quits)"
-SPEAKER_BLOCK = 160  # 10 ms
+SPEAKER_BLOCK = SAMPLES_PER_10MS  # the speaker plays 10 ms blocks
 
 
 @dataclass(frozen=True)

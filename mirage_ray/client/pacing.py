@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mirage_ray.protocol import SAMPLES_PER_10MS, UINT32_MOD
+from mirage_ray.protocol import AUDIO_FRAME_MS, AUDIO_SAMPLE_RATE, SAMPLES_PER_10MS, UINT32_MOD
 
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = AUDIO_SAMPLE_RATE
 US_PER_S = 1_000_000
 DEFAULT_SEND_CHUNK_MS = 200
 RATE_HEADROOM = 0.8  # send at most this fraction of hello's max_messages_per_s
@@ -22,7 +22,7 @@ def send_chunk_ms(server_chunk_ms: float | None) -> int:
     """The audio chunk to send for the server's block: whole 10 ms frames, rounded down (192 -> 190), at least 10."""
     if not server_chunk_ms or server_chunk_ms <= 0:
         return DEFAULT_SEND_CHUNK_MS
-    return max(10, int(server_chunk_ms) // 10 * 10)
+    return max(AUDIO_FRAME_MS, int(server_chunk_ms) // AUDIO_FRAME_MS * AUDIO_FRAME_MS)
 
 
 def pad_to_10ms(samples: np.ndarray) -> np.ndarray:
@@ -60,8 +60,8 @@ class AudioChunker:
         return self._start_us + end * US_PER_S // SAMPLE_RATE
 
     def take(self, chunk_ms: int) -> AudioChunk:
-        if chunk_ms <= 0 or chunk_ms % 10:
-            raise ValueError(f"chunk_ms must be a positive multiple of 10, got {chunk_ms}")
+        if chunk_ms <= 0 or chunk_ms % AUDIO_FRAME_MS:
+            raise ValueError(f"chunk_ms must be a positive multiple of {AUDIO_FRAME_MS}, got {chunk_ms}")
         end = min(len(self._samples), self.offset + chunk_ms * SAMPLE_RATE // 1000)
         chunk = AudioChunk(
             self.offset, self._start_us + self.offset * US_PER_S // SAMPLE_RATE, self._samples[self.offset : end]

@@ -38,6 +38,10 @@ class Swapper(Protocol):
     def swap(self, image: np.ndarray, faces: Sequence[Face], identity: SourceIdentity) -> np.ndarray: ...
 
 
+MIN_REFERENCE_FACE_PX = 64  # a reference face smaller than this gives no usable identity (checked by both swappers)
+ENHANCE_CROP_PX = 512  # the enhance stage's input: face crops aligned on align.FFHQ_TEMPLATE_512, this many px square
+
+
 @runtime_checkable
 class Enhancer(Protocol):
     """Aligned 512x512 BGR uint8 face crops in (N, 512, 512, 3), restored crops out, same shape."""

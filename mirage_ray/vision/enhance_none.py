@@ -13,10 +13,10 @@ import numbers
 import numpy as np
 
 from mirage_ray.config import field_range
+from mirage_ray.vision.base import ENHANCE_CROP_PX
 
 logger = logging.getLogger(__name__)
 
-CROP_SIZE_PX = 512  # aligned face crops are 512x512 (FFHQ template)
 FIDELITY_RANGE = field_range("codeformer_fidelity")
 
 
@@ -32,7 +32,7 @@ def check_restore_args(crops: np.ndarray, fidelity: float) -> None:
         raise ValueError(f"fidelity must be a number in [{low}, {high}], got {fidelity!r}")
     if not isinstance(crops, np.ndarray):
         raise TypeError(f"crops must be a numpy array, got {type(crops).__name__}")
-    expected = (CROP_SIZE_PX, CROP_SIZE_PX, 3)
+    expected = (ENHANCE_CROP_PX, ENHANCE_CROP_PX, 3)
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != expected:
         raise ValueError(f"crops must be uint8 (N, {', '.join(map(str, expected))}), got {crops.dtype} {crops.shape}")
 

@@ -7,9 +7,9 @@ import numpy as np
 
 from mirage_ray.vision.landmarks_dlib import LEFT_EYE, OUTER_LIPS, RIGHT_EYE, transform_points
 
-# Tuned on the held-out sequences of tests/media.py (docs/benchmarks.md, "Embedded swap identity").
+# Tuned on tests/media.py IDENTITY_TUNING_CASES (never on the held-out set; docs/benchmarks.md, identity).
 SHAPE_TRANSFER = 1.0  # how far the target's landmarks move to the source's geometry (0: none, 1: all of it)
-SHAPE_FADE_TURN = (0.25, 0.5)  # the transfer fades from full to none over this range of the target's head turn
+SHAPE_FADE_TURN = (0.4, 0.7)  # the transfer fades from full to none over this range of the target's head turn
 PLACEMENT_POINTS = np.r_[27:48]  # nose and eyes: the similarity fit that places the source on the target
 SIDE_STRETCH_RANGE = (0.75, 1.33)  # clamp of each face side's horizontal stretch (a turned head's far side)
 EYES = (LEFT_EYE, RIGHT_EYE)

@@ -36,7 +36,7 @@ from mirage_ray.vision.align import (
     crop_footprint,
     warp_face,
 )
-from mirage_ray.vision.base import ReferenceRejected
+from mirage_ray.vision.base import MIN_REFERENCE_FACE_PX, ReferenceRejected
 from mirage_ray.vision.faces import Face, SourceIdentity
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ PRECISIONS = ("fp32", "fp16")
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 ARCFACE_CROP_PX = 112
 SWAP_CROP_PX = 128
-MIN_REFERENCE_FACE_PX = 64  # smaller reference faces give unreliable embeddings
 # Paste-back mask of insightface's INSwapper.get, in image pixels, where mask_size is the geometric mean of the sides
 # of the crop footprint's bounding box: erode with a k x k kernel, k = max(mask_size // 10, 10), then Gaussian-blur
 # with a (2b + 1)-wide kernel, b = max(mask_size // 20, 5).

@@ -4,16 +4,19 @@ The seed's rules: detect every ``detect_every`` frames (5); detect on the next f
 confidence was below ``REDETECT_BELOW``; a track is stable after ``STABLE_COUNT`` consecutive detections with
 confidence >= ``STABLE_SCORE``. Between detections the 5 keypoints of each face follow pyramidal Lucas-Kanade flow
 (forward-backward checked); the box follows the keypoints' least-squares similarity motion. A face whose points are
-lost is held in place for that frame and a detection is requested for the next.
+lost is held in place for that frame and a detection is requested for the next. With a ``smoother`` (a
+:class:`~mirage_ray.vision.smooth.FaceSmoother`), the faces handed out are smoothed over time (One-Euro on the
+keypoints); the track itself (what the optical flow follows, :attr:`FaceTracker.faces`) stays unsmoothed.
 
 Per frame::
 
     if tracker.needs_detection():
-        faces = tracker.update(detector.detect(frame), gray)
+        faces = tracker.update(detector.detect(frame), gray, t_s)
     else:
-        faces = tracker.propagate(gray)
+        faces = tracker.propagate(gray, t_s)
 
-Pure state machine plus OpenCV on arrays the caller passes: no I/O, no clock.
+Pure state machine plus OpenCV on arrays the caller passes: no I/O, no clock (``t_s``, the frame's capture time in
+seconds, is the caller's; without it frames count as :data:`NOMINAL_FPS` apart).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from mirage_ray.vision.align import similarity_matrix
 from mirage_ray.vision.faces import Face, largest_faces
+from mirage_ray.vision.smooth import FaceSmoother
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ LK_EPSILON_PX = 0.01
 FORWARD_BACKWARD_MAX_PX = 1.0  # a point whose backward track misses its start by more than this is lost
 MIN_TRACKED_KPS = 3  # a face with fewer good keypoints than this is lost
 INTERVAL_HISTORY = 600  # detector-invocation intervals kept for metrics
+NOMINAL_FPS = 20.0  # frame spacing for the smoother when the caller gives no capture time
 
 _LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, LK_MAX_ITERATIONS, LK_EPSILON_PX)
 _LK_WINDOW = (LK_WINDOW_PX, LK_WINDOW_PX)
@@ -58,6 +63,7 @@ class FaceTracker:
         redetect_below: float = REDETECT_BELOW,
         stable_score: float = STABLE_SCORE,
         stable_count: int = STABLE_COUNT,
+        smoother: FaceSmoother | None = None,
     ) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1 frame, got {detect_every}")
@@ -68,6 +74,7 @@ class FaceTracker:
         self.stable_score = float(stable_score)
         self.stable_count = int(stable_count)
         self._max_faces = _check_max_faces(max_faces)
+        self._smoother = smoother
         self.frames = 0  # frames seen (update + propagate), cumulative across reset()
         self.detections = 0  # update() calls, cumulative
         self.lost_tracks = 0  # faces whose keypoints were lost during propagation, cumulative
@@ -82,6 +89,8 @@ class FaceTracker:
         self._last_detection_frame: int | None = None
         self._force = True
         self._streak = 0
+        if self._smoother is not None:
+            self._smoother.reset()
 
     @property
     def max_faces(self) -> int:
@@ -98,7 +107,7 @@ class FaceTracker:
 
     @property
     def faces(self) -> list[Face]:
-        """The faces of the last frame."""
+        """The faces of the last frame, as tracked (not smoothed)."""
         return list(self._faces)
 
     @property
@@ -117,11 +126,14 @@ class FaceTracker:
             return True
         return self.frames - self._last_detection_frame >= self.detect_every
 
-    def update(self, faces: Sequence[Face], gray: np.ndarray) -> list[Face]:
-        """Take a detection for the frame whose grayscale image is ``gray``; returns the kept (largest) faces."""
+    def update(self, faces: Sequence[Face], gray: np.ndarray, t_s: float | None = None) -> list[Face]:
+        """Take a detection for the frame whose grayscale image is ``gray`` (captured at ``t_s`` seconds); returns
+        the kept (largest) faces, smoothed when the tracker has a smoother."""
         gray = _check_gray(gray)
         self.frames += 1
-        return self._take_detection(faces, gray)
+        if self._smoother is not None and self._previous is not None and gray.shape != self._previous.shape:
+            self._smoother.reset()  # another frame size: other coordinates, start the smoothing afresh
+        return self._handed_out(self._take_detection(faces, gray), t_s)
 
     def correct(self, faces: Sequence[Face], gray: np.ndarray) -> list[Face]:
         """Take a detection for the frame the last :meth:`propagate` carried the faces onto (the detector ran beside
@@ -142,11 +154,12 @@ class FaceTracker:
         self._remember(gray)
         return list(kept)
 
-    def propagate(self, gray: np.ndarray) -> list[Face]:
-        """Carry the last faces onto the frame ``gray`` without the detector.
+    def propagate(self, gray: np.ndarray, t_s: float | None = None) -> list[Face]:
+        """Carry the last faces onto the frame ``gray`` (captured at ``t_s`` seconds) without the detector.
 
-        A face whose keypoints are lost is returned unchanged (held) and a detection is requested for the next
-        frame; a frame of another size rescales the faces and requests a detection.
+        A face whose keypoints are lost is held (not moved) and a detection is requested for the next frame; a frame
+        of another size rescales the faces and requests a detection. The faces are smoothed when the tracker has a
+        smoother.
         """
         gray = _check_gray(gray)
         self.frames += 1
@@ -160,7 +173,9 @@ class FaceTracker:
             self._faces = [_scaled(f, sx, sy) for f in self._faces]
             self._force = True
             self._remember(gray)
-            return list(self._faces)
+            if self._smoother is not None:
+                self._smoother.reset()  # other coordinates: start the smoothing afresh
+            return self._handed_out(self._faces, t_s)
         if not self._faces:
             self._remember(gray)
             return []
@@ -178,7 +193,12 @@ class FaceTracker:
             out.append(_moved_face(face, face_moved, face_good))
         self._faces = out
         self._remember(gray)
-        return list(out)
+        return self._handed_out(out, t_s)
+
+    def _handed_out(self, faces: list[Face], t_s: float | None) -> list[Face]:
+        if self._smoother is None:
+            return list(faces)
+        return self._smoother(faces, self.frames / NOMINAL_FPS if t_s is None else t_s)
 
     def _remember(self, gray: np.ndarray) -> None:
         self._previous = gray.copy()  # a copy: the caller may reuse its buffer

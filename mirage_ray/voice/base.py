@@ -7,7 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from mirage_ray.protocol import AUDIO_SAMPLE_RATE
+
+SAMPLE_RATE = AUDIO_SAMPLE_RATE  # converters work at the wire's rate (no resampling at the ingress)
 
 
 @dataclass(frozen=True)

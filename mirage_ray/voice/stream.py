@@ -30,10 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mirage_ray.protocol import AUDIO_FRAME_MS
+
 logger = logging.getLogger(__name__)
 
-FRAME_MS = 10  # the wire and the gate work in 10 ms frames
-SOLA_SEARCH_MS = 10  # how far SOLA may slide the new output to match the saved tail
+FRAME_MS = AUDIO_FRAME_MS  # the gate works in the wire's 10 ms frames
+SOLA_SEARCH_MS = 5  # how far SOLA may slide the new output to match the saved tail (hold-back: pure delay)
 SOLA_TIE_TOLERANCE = 1e-6  # prefer no shift when another offset is not clearly better (keeps identity exact)
 GATE_FLOOR_DB = -200.0  # dB value reported for digital silence
 CONVERTED_PEAK_LIMIT = 8.0  # |sample| above this from a converter is treated as a broken call
@@ -107,7 +109,7 @@ class VoiceStream:
         sample_rate: int = 16_000,
         block_ms: int = 192,
         context_ms: int = 384,
-        crossfade_ms: int = 40,
+        crossfade_ms: int = 20,
         crossfade: bool = True,
         gate_db: float | None = -50.0,
         search_ms: int = SOLA_SEARCH_MS,

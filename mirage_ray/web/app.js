@@ -21,7 +21,7 @@ const PING_INTERVAL_MS = 2000;
 const OVERLAY_REFRESH_MS = 250;
 const LATENCY_SMOOTHING = 0.2;
 const DEFAULT_VIDEO = Object.freeze({ width: 512, height: 512, fps: 20, jpeg_quality: 85 });
-const DEFAULT_CHUNK_MS = 192;
+const DEFAULT_CHUNK_MS = 80; // the server's starting block with the embedded defaults, until its hello says
 
 const BASE_URL = new URL("../", import.meta.url); // this file lives at <base>/web/app.js
 const el = collectElements();
@@ -50,6 +50,7 @@ let grabber = null;
 let userStopped = false;
 let fragmentToken = null;
 let pingTimer = null;
+let audioOrigin = null; // the worklet sample position of this session's audio stream position 0
 let userSettings = {}; // settings the user changed and the server applied: re-sent after a reconnect
 const receivedRate = new RateMeter();
 const health = new ReasonLog();
@@ -110,7 +111,10 @@ async function start() {
     el.camera.srcObject = stream;
     await el.camera.play().catch(() => {});
     grabber = new FrameGrabber(el.camera);
-    audioCtx = new AudioContext({ latencyHint: "interactive" });
+    // low-latency output (opt-in): the smallest buffer the device allows (Chromium: 128 frames, a sample is heard
+    // ~12 ms after it is rendered, against ~42 ms with "interactive"): 30 ms of the 200 ms mouth-to-ear budget, but
+    // ~3x the audio thread's wake-ups, which cost lip sync on a starved 2-CPU machine (docs/client.md)
+    audioCtx = new AudioContext({ latencyHint: el.lowLatency.checked ? 0 : "interactive" });
     await audioCtx.resume();
     if (devices.speakerId) await audioCtx.setSinkId(devices.speakerId);
     player = new AudioPlayout(audioCtx, Number(el.jitter.value));
@@ -253,6 +257,7 @@ function endSession() {
   pingTimer = null;
   sender.stop();
   back.newSession();
+  audioOrigin = null;
 }
 
 // --- control messages ------------------------------------------------------------------------------------
@@ -304,7 +309,8 @@ function describeSettings(s) {
 function onDirective(msg) {
   mirage.directives.push(msg);
   if (msg.video) mirage.lastVideoReason = msg.reason ?? "";
-  applyMediaConfig(msg.video, msg.audio_chunk_ms);
+  // the new block starts right after the audio returned so far (the directive follows the block it applies after)
+  applyMediaConfig(msg.video, msg.audio_chunk_ms, back.returnedPosition);
   log.add(P.videoPaused(msg.video) ? "warn" : "info", directiveSentence(msg));
 }
 
@@ -326,7 +332,8 @@ function onError(msg) {
   log.add("error", errorSentence(msg));
 }
 
-function applyMediaConfig(videoConfig, blockMs) {
+/** `blockStart`: the session stream position where a new block size starts (chunks are lined up with it). */
+function applyMediaConfig(videoConfig, blockMs, blockStart = null) {
   if (videoConfig) {
     for (const key of ["width", "height", "jpeg_quality"]) {
       if (typeof videoConfig[key] === "number" && videoConfig[key] > 0) mirage.video[key] = videoConfig[key];
@@ -340,7 +347,8 @@ function applyMediaConfig(videoConfig, blockMs) {
     const sendMs = P.sendChunkMs(blockMs);
     if (sendMs !== mirage.audioSendChunkMs) {
       mirage.audioSendChunkMs = sendMs;
-      capture?.setChunkMs(sendMs);
+      const aligned = blockStart !== null && audioOrigin !== null && sendMs === blockMs;
+      capture?.setChunkMs(sendMs, aligned ? audioOrigin + blockStart : null);
     }
   }
 }
@@ -414,12 +422,13 @@ function onAudioReply(msg) {
 
 // --- sending ---------------------------------------------------------------------------------------------
 
-function onAudioChunk({ pcm, perfMs, rms }) {
+function onAudioChunk({ pcm, perfMs, rms, firstSample }) {
   if (!capture) return; // a chunk the worklet posted just before Stop
   mirage.sentAudioRms = rms;
   mirage.sentAudioPeakRms = Math.max(mirage.sentAudioPeakRms, rms);
   el.level.value = Math.min(1, rms * 4);
   if (!isLive()) return;
+  if (audioOrigin === null) audioOrigin = firstSample; // this session's stream position 0
   sender.audio(pcm, perfMs);
   back.sent(pcm, perfMs);
 }

@@ -90,6 +90,7 @@ class MirageCaptureProcessor extends AudioWorkletProcessor {
     this.fill = 0;
     this.sumSquares = 0;
     this.samplesOut = 0; // output samples emitted in chunks so far
+    this.alignAt = null; // a sample position where a server block starts: chunk ends fall on block ends
     this.startTime = null; // context time of input sample 0
     this.running = true;
     this.port.onmessage = (event) => this.onControl(event.data);
@@ -103,19 +104,33 @@ class MirageCaptureProcessor extends AudioWorkletProcessor {
   onControl(msg) {
     if (msg?.type === "chunk_ms") {
       this.chunkSamples = MirageCaptureProcessor.chunkSamplesFor(msg.value);
+      this.alignAt = Number.isInteger(msg.alignAt) ? msg.alignAt : null;
       this.flushFullChunks();
     } else if (msg?.type === "stop") {
       this.running = false;
     }
   }
 
+  /**
+   * Samples in the next chunk: a whole chunk, or after a block size change the whole 10 ms frames up to the next
+   * block end (rounded up: a block off the 10 ms grid waits < 10 ms, never a whole chunk), so that the chunk
+   * completing a block is sent as soon as the block is captured.
+   */
+  nextChunkSamples() {
+    const size = this.chunkSamples;
+    if (this.alignAt === null) return size;
+    const toBoundary = (((this.alignAt - this.samplesOut) % size) + size) % size;
+    return Math.ceil(toBoundary / SAMPLES_PER_10MS) * SAMPLES_PER_10MS || size;
+  }
+
   flushFullChunks() {
-    while (this.fill >= this.chunkSamples) {
-      const pcm = this.stage.slice(0, this.chunkSamples);
+    let n;
+    while (this.fill >= (n = this.nextChunkSamples())) {
+      const pcm = this.stage.slice(0, n);
       let sumSquares = 0;
       for (let i = 0; i < pcm.length; i += 1) sumSquares += (pcm[i] / 32768) ** 2;
-      this.stage.copyWithin(0, this.chunkSamples, this.fill);
-      this.fill -= this.chunkSamples;
+      this.stage.copyWithin(0, n, this.fill);
+      this.fill -= n;
       const firstSample = this.samplesOut;
       this.samplesOut += pcm.length;
       this.port.postMessage(

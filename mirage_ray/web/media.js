@@ -107,8 +107,9 @@ function encodeJpeg(canvas, quality) {
 }
 
 /**
- * Microphone → worklet (resample to 16 kHz, PCM16, chunking). Calls onChunk({pcm: Int16Array, perfMs, rms}),
- * where perfMs is the capture time of the chunk's first sample on the performance.now() clock.
+ * Microphone → worklet (resample to 16 kHz, PCM16, chunking). Calls onChunk({pcm: Int16Array, perfMs, rms,
+ * firstSample}), where perfMs is the capture time of the chunk's first sample on the performance.now() clock and
+ * firstSample its position in the worklet's output.
  */
 export class AudioCapture {
   static async create(ctx, stream, chunkMs, onChunk) {
@@ -137,7 +138,8 @@ export class AudioCapture {
     node.port.onmessage = (event) => {
       const msg = event.data;
       if (msg?.type !== "chunk") return;
-      onChunk({ pcm: new Int16Array(msg.pcm), perfMs: this.contextToPerfMs(msg.contextTime), rms: msg.rms });
+      const perfMs = this.contextToPerfMs(msg.contextTime);
+      onChunk({ pcm: new Int16Array(msg.pcm), perfMs, rms: msg.rms, firstSample: msg.firstSample });
     };
   }
 
@@ -156,8 +158,9 @@ export class AudioCapture {
     this.source.connect(this.node);
   }
 
-  setChunkMs(chunkMs) {
-    this.node.port.postMessage({ type: "chunk_ms", value: chunkMs });
+  /** New chunk length; `alignAt` (a worklet sample position where a server block starts) lines chunks up with blocks. */
+  setChunkMs(chunkMs, alignAt = null) {
+    this.node.port.postMessage({ type: "chunk_ms", value: chunkMs, alignAt });
   }
 
   stop() {

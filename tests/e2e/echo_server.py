@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,31 +33,19 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from mirage_ray.protocol import FLAG_PASSTHROUGH, HEADER, SAMPLES_PER_10MS, SETTING_RANGES, Kind
+from mirage_ray.security import SeqWindow
+from mirage_ray.voice.presets import PRESETS
+
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "mirage_ray" / "web"
 SECRET = "mirage-e2e-echo-secret-for-tests-only"  # test-only HS256 key (>= 32 bytes)
 AUDIENCE = "mirage"
 TOKEN_TTL_S = 600
-HEADER = struct.Struct("<BBHIq")
-KIND_VIDEO, KIND_AUDIO, KIND_REFERENCE = 1, 2, 3
-FLAG_PASSTHROUGH = 0x01
-SAMPLES_PER_10MS = 160
+KIND_VIDEO, KIND_AUDIO, KIND_REFERENCE = Kind.VIDEO, Kind.AUDIO, Kind.REFERENCE
 STATS_INTERVAL_S = 1.0
-SETTING_RANGES: dict[str, tuple[float, float]] = {
-    "max_faces": (1, 16),
-    "fidelity": (0.0, 1.0),
-    "pitch_semitones": (-24.0, 24.0),
-    "formant_shift": (0.5, 2.0),
-}
-VOICE_PRESETS = {  # name -> (pitch_semitones, formant_shift), as mirage_ray/voice/presets.py
-    "neutral": (0.0, 1.0),
-    "deeper": (-4.0, 0.9),
-    "brighter": (4.0, 1.12),
-    "much-deeper": (-7.0, 0.85),
-    "higher": (7.0, 1.18),
-    "octave-down": (-12.0, 1.0),
-}
+VOICE_PRESETS = {name: (p.pitch_semitones, p.formant_shift) for name, p in PRESETS.items()}
 HELLO_VIDEO = {"width": 512, "height": 512, "fps": 20, "jpeg_quality": 85}
 HELLO_SETTINGS = {
     "max_faces": 1,
@@ -81,7 +68,7 @@ DIRECTIVE_AFTER_FRAMES = 15
 DIRECTIVE = {
     "type": "directive",
     "reason": "echo server test directive",
-    "audio_chunk_ms": 120,
+    "audio_chunk_ms": 80,  # the real server's starting block with the embedded defaults
     "video": {"width": 256, "height": 256, "fps": 15, "jpeg_quality": 70},
 }
 
@@ -108,6 +95,7 @@ class EchoRecord:
     frames: int = 0
     frame_sizes: list[tuple[int, int]] = field(default_factory=list)
     video_seqs: list[int] = field(default_factory=list)
+    seq_problems: list[str] = field(default_factory=list)  # any seq not exactly +1 per message of its kind
     clock_skews_us: list[int] = field(default_factory=list)  # arrival wall clock − capture time, video and audio
     audio_chunks: int = 0
     audio_samples: int = 0
@@ -146,6 +134,7 @@ class EchoSession:
         self.directive = directive
         self.video = dict(HELLO_VIDEO)
         self.has_reference = False
+        self.seqs = SeqWindow(tolerance=0)  # the page sends +1 per message of each kind, from any start
         self.frames_in = 0
         self.audio_in = 0
         self.settings = dict(HELLO_SETTINGS)
@@ -184,6 +173,8 @@ class EchoSession:
             await self.ws.send_json({"type": "error", "code": "bad_header", "message": "shorter than the header"})
             return
         kind, _flags, _reserved, seq, capture_us = HEADER.unpack_from(data)
+        if (problem := self.seqs.check(kind, seq)) is not None:
+            self.record.seq_problems.append(f"kind {kind}: {problem}")
         if kind in (KIND_VIDEO, KIND_AUDIO):
             self.record.clock_skews_us.append(time.time_ns() // 1000 - capture_us)
         payload = data[HEADER.size :]

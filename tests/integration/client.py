@@ -100,7 +100,7 @@ def ray_snippet(app: ServeApp, code: str, timeout_s: float = 120.0) -> str:
 
 
 def set_stage_delay(app: ServeApp, deployment: str, ms: float) -> None:
-    """Test hook: add ``ms`` of latency to every call of one model deployment (needs test_hooks)."""
+    """Add ``ms`` of latency to every model call of one deployment (tests/integration/instrumented.py)."""
     out = ray_snippet(
         app,
         f"print(serve.get_deployment_handle({deployment!r}, app_name='mirage').set_test_delay.remote({ms}).result())",

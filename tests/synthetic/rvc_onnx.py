@@ -25,32 +25,15 @@ names and shapes read from the model) and compute something checkable:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
-IR_VERSION = 8
+from tests.synthetic.onnx_graph import build_model as _model
+from tests.synthetic.onnx_graph import save as save
+
 N_MELS, N_CLASSES = 128, 360
 CENTS_AT_CLASS0, CENTS_PER_CLASS = 1997.3794084376191, 20.0
-
-
-def _model(nodes, name, inputs, outputs, initializers) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mirage-tests")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
-
-
-def save(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` and return the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(target))
-    return target
 
 
 def class_of_f0(f0_hz: float) -> int:

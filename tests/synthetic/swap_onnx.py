@@ -17,34 +17,17 @@ them to ``ArcFaceONNX`` and ``INSwapper`` by signature) and compute something ch
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
-IR_VERSION = 8
+from tests.synthetic.onnx_graph import build_model as _model
+from tests.synthetic.onnx_graph import save as save
+
 EMBEDDING_DIM = 512
 ARCFACE_SIZE, SWAP_SIZE = 112, 128
 MIX = 0.6  # weight of the latent colour in the synthetic swapper's output
 GAIN = 20.0  # sigmoid gain on the latent's first three entries (latent entries are ~±0.05)
-
-
-def _model(nodes, name, inputs, outputs, initializers) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mirage-tests")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
-
-
-def save(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` and return the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(target))
-    return target
 
 
 def arcface_model(seed: int = 0) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from mirage_ray.adapt import ACCEPT_BELOW
-from mirage_ray.admission import RESERVATION_S, AdmissionPolicy, LocalAdmission, Verdict
+from mirage_ray.admission import RESERVATION_S, AdmissionPolicy, LocalAdmission, Verdict, capacity_for
 from mirage_ray.metrics import SessionSummary
 from mirage_ray.protocol import CloseCode
 from tests.unit.test_server import backends, connect, make_client, token  # noqa: F401 (fixture)
@@ -119,3 +119,22 @@ def test_without_the_live_rule_only_the_capacity_closes_the_door() -> None:
     policy = AdmissionPolicy(capacity=2, live_load=False)
     assert policy.decide([summary("x", level=5)], 0.0).admitted  # degraded, but below capacity
     assert not policy.decide([summary("x", level=5), summary("y")], 0.0).admitted
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [(None, 2), (0, 2), (1, 2), (3, 6), (4, 8), (10, 8)],  # unknown: one replica (the one asking); the ceiling caps
+)
+def test_capacity_follows_running_ingress_replicas(replicas: int | None, expected: int) -> None:
+    assert capacity_for(replicas, sessions_per_replica=2, max_sessions=8) == expected
+
+
+def test_a_replica_going_away_closes_the_door_for_its_share() -> None:
+    policy = AdmissionPolicy(capacity_for(2, 1, 4))
+    policy.reserve("a", 0.0)
+    assert policy.decide([], 0.0).admitted
+    policy.set_capacity(capacity_for(1, 1, 4))  # autoscaling removed a replica
+    verdict = policy.decide([], 0.0)
+    assert not verdict.admitted and "1/1" in verdict.reason
+    with pytest.raises(ValueError):
+        policy.set_capacity(0)

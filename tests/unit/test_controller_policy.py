@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from mirage_ray.controller_policy import (
     ACTION_COOLDOWN_S,
     RESTORE_STABLE_S,
+    STAGE_REPORT_STALE_S,
     STALE_AFTER_S,
     ControllerPolicy,
     Directive,
+    StageReport,
 )
 from mirage_ray.metrics import SessionSummary
 
@@ -166,3 +168,47 @@ def test_a_restarted_controller_rebuilds_from_pushes_and_restores() -> None:
         if (d := fresh.tick(float(t))) is not None:
             directives.append((t, d))
     assert directives[:2] == [(15, Directive("b", 0, "restore")), (30, Directive("a", 1, "restore"))]
+
+
+def test_a_deployment_queue_report_degrades_the_costliest_then_restores_when_it_clears() -> None:
+    policy = ControllerPolicy()
+    sessions = [summary("cheap", 50.0, CALM_MS), summary("costly", 400.0, CALM_MS)]
+    push_all(policy, sessions, 0.0)
+    policy.push_stage(StageReport("Swapper", "r1", queue=1), 0.0)
+    policy.push_stage(StageReport("Swapper", "r2", queue=12), 0.0)  # the busiest replica counts
+    assert policy.tick(0.0) == Directive("costly", 1, "saturated")
+    assert policy.pressure == ("saturated", "Swapper queue 12 > 8")
+    policy.push_stage(StageReport("Swapper", "r2", queue=0), 1.0)  # the queue cleared
+    now = 1.0
+    while now < 1.0 + RESTORE_STABLE_S:
+        push_all(policy, [summary("cheap", 50.0, CALM_MS), summary("costly", 400.0, CALM_MS, floor=1)], now)
+        policy.push_stage(StageReport("Swapper", "r2", queue=0), now)
+        assert policy.tick(now) is None
+        now += 1.0
+    push_all(policy, [summary("cheap", 50.0, CALM_MS), summary("costly", 400.0, CALM_MS, floor=1)], now)
+    policy.push_stage(StageReport("Swapper", "r2", queue=0), now)
+    assert policy.tick(now) == Directive("costly", 0, "restore")
+
+
+def test_deployment_gpu_memory_saturates_and_stale_reports_drop_out() -> None:
+    policy = ControllerPolicy()
+    push_all(policy, [summary("a", 1.0, CALM_MS)], 0.0)
+    policy.push_stage(StageReport("Enhancer", "r1", queue=0, gpu_mem_fraction=0.95), 0.0)
+    assert policy.tick(0.0) == Directive("a", 1, "saturated")
+    assert "Enhancer GPU memory 0.95" in policy.pressure[1]
+    assert policy.stage_view(0.0) == {
+        "gpu_mem_fraction": 0.95,
+        "stages": {"Enhancer": {"replicas": 1, "queue": 0, "gpu_mem_fraction": 0.95}},
+    }
+    later = STAGE_REPORT_STALE_S + 0.1
+    assert policy.stage_view(later) == {"gpu_mem_fraction": None, "stages": {}}
+    push_all(policy, [summary("a", 1.0, CALM_MS, floor=1)], later)
+    policy.tick(later)
+    assert policy.pressure[0] == "calm"
+
+
+def test_reports_without_a_gpu_give_no_memory_figure() -> None:
+    policy = ControllerPolicy()
+    policy.push_stage(StageReport.from_dict({"deployment": "Voice", "replica": "r", "queue": 0, "extra": 1}), 0.0)
+    assert policy.stage_view(0.0)["gpu_mem_fraction"] is None
+    assert StageReport.from_dict(StageReport("Voice", "r", 3, None).to_dict()) == StageReport("Voice", "r", 3)

@@ -52,8 +52,9 @@ FLOOD_BATCH_S = 0.01  # the flooder sends its messages in batches this often
 # Every limit keeps its default: the flooder reconnects about 4 times a second, within the default per-address and
 # per-subject connection rates (5/s), so this is what one address can do to a replica as configured. 10 fps at the
 # embedded detector's cheap size keeps the well-behaved session in budget on a small machine, so its degrade level
-# does not move between phases.
-SETTINGS: dict[str, Any] = {"video_fps": FPS, "embedded_det_size": 320}
+# does not move between phases. The flood cooldown is off: with it, every flooder after the first would be refused
+# at the door (tests/unit/test_flood_cooldown.py), and this test measures a flood that reaches a session.
+SETTINGS: dict[str, Any] = {"video_fps": FPS, "embedded_det_size": 320, "flood_cooldown_s": 0.0}
 
 
 class AdmitAll:

@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from mirage_ray import protocol
 from mirage_ray.codec import PNG_SIGNATURE
 from mirage_ray.protocol import Kind, ProtocolError
+from mirage_ray.security import SeqWindow
 from tests import hostile
 
 FUZZ_SETTINGS = settings(
@@ -157,6 +158,28 @@ def test_parse_settings_accepts_only_in_range_values(message: dict[str, Any]) ->
     assert all(isinstance(reason, str) and len(reason) < 300 for reason in refused)
 
 
+kind = st.sampled_from(list(Kind))
+seq_offset = st.one_of(st.just(0), st.just(0), st.integers(-5, 1100), UINT32)  # from the expected next seq
+
+
+@settings(FUZZ_SETTINGS, max_examples=150)
+@given(tolerance=st.integers(0, 1000), steps=st.lists(st.tuples(kind, seq_offset, UINT32), max_size=80))
+def test_the_seq_rule_refuses_exactly_the_seqs_outside_the_window(
+    tolerance: int, steps: list[tuple[Kind, int, int]]
+) -> None:
+    """Offset 0 is a conforming client (+1, wrapping); a refused seq leaves the expectation where it was."""
+    window = SeqWindow(tolerance)
+    expected: dict[Kind, int] = {}
+    for message_kind, offset, first in steps:
+        seq = (expected[message_kind] + offset) % protocol.UINT32_MOD if message_kind in expected else first
+        refusal = window.check(message_kind, seq)
+        if message_kind in expected and not 0 <= offset % protocol.UINT32_MOD <= tolerance:
+            assert refusal is not None and f"the expected {expected[message_kind]}" in refusal
+        else:
+            assert refusal is None
+            expected[message_kind] = (seq + 1) % protocol.UINT32_MOD
+
+
 # --- 2. the front door, over a WebSocket --------------------------------------------------------------------------
 class ErrorLog(logging.Handler):
     """Collects ERROR records from the service (``logger.exception`` marks an internal error)."""
@@ -200,12 +223,16 @@ PROBES = iter(range(1 << 30))
 
 @pytest.mark.timeout(120)
 @settings(FUZZ_SETTINGS, max_examples=40)
-@given(messages=st.lists(client_message, min_size=1, max_size=10))
-def test_hostile_messages_never_crash_a_session(app: TestClient, failures: Any, messages: list[bytes | str]) -> None:
+@given(messages=st.lists(st.tuples(client_message, st.booleans()), min_size=1, max_size=10))
+def test_hostile_messages_never_crash_a_session(
+    app: TestClient, failures: Any, messages: list[tuple[bytes | str, bool]]
+) -> None:
+    """Each binary message keeps its drawn seq (the seq rule's input) or gets its kind's next (the payload rules')."""
+    stamp = hostile.SeqStamper()
     with hostile.connect(app, hostile.token()) as ws:
         assert json.loads(hostile.receive(ws)["text"])["type"] == "hello"
-        for message in messages:
-            hostile.send(ws, message)
+        for message, conforming_seq in messages:
+            hostile.send(ws, stamp(message) if conforming_seq else message)
         code = hostile.probe(ws, f"{hostile.PROBE_PREFIX}{next(PROBES)}")
     assert code is None or code in hostile.EXPECTED_CLOSES, f"closed with {code}"
     assert_no_failures(failures)

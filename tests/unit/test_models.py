@@ -165,12 +165,12 @@ def test_published_hash_cannot_be_pinned(tmp_path: Path) -> None:
 
 
 def test_backend_files_follow_precision(tmp_path: Path) -> None:
-    assert ModelRegistry(_settings(tmp_path)).backend_files("inswapper") == ("arcface", "inswapper")
+    assert ModelRegistry(_settings(tmp_path)).backend_files("inswapper") == ("inswapper", "arcface")
     fp16 = ModelRegistry(_settings(tmp_path, inswapper_precision="fp16"))
-    assert fp16.backend_files("inswapper") == ("arcface", "inswapper_fp16")
+    assert fp16.backend_files("inswapper") == ("inswapper_fp16", "arcface")
     assert fp16.backend_files("rvc") == ("rmvpe", "contentvec")
     assert not fp16.backend_ready("inswapper")
-    with pytest.raises(ModelMissingError, match=r"w600k_r50\.onnx"):
+    with pytest.raises(ModelMissingError, match=r"inswapper_128_fp16\.onnx"):
         fp16.require_backend("inswapper")
 
 

@@ -19,13 +19,10 @@ from mirage_ray.config import MirageSettings
 from mirage_ray.protocol import CloseCode, Kind
 from mirage_ray.security import build_auth
 from mirage_ray.server import ServerContext, build_app
-from mirage_ray.stages import LocalStages, StageInfo
-from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
-from mirage_ray.vision.enhance_none import NoEnhancer
-from mirage_ray.vision.swap_classical import ClassicalSwapper
-from mirage_ray.voice.convert_passthrough import PassthroughConverter
+from mirage_ray.session import Session
+from mirage_ray.stages import StageInfo
 from mirage_ray.voice.convert_shift import ShiftConverter
-from mirage_ray.voice.convert_world import WorldConverter
+from tests import hostile
 from tests.media import moving_face_frames
 
 SECRET = "unit-test-secret-0123456789abcdefghij"
@@ -33,25 +30,12 @@ SECRET = "unit-test-secret-0123456789abcdefghij"
 
 @pytest.fixture(scope="module")
 def backends() -> dict:
-    return {
-        "detector": RetinaFaceDetector(),
-        "swapper": ClassicalSwapper(),
-        "enhancer": NoEnhancer(),
-        "converter": WorldConverter(),
-        "fallback": PassthroughConverter(),
-    }
+    return hostile.backends()
 
 
-def make_client(backends: dict, admission: AdmissionGate | None = None, **overrides: object) -> TestClient:
+def make_context(backends: dict, admission: AdmissionGate | None = None, **overrides: object) -> ServerContext:
     settings = MirageSettings(jwt_secret=SECRET, **overrides)
-    stages = LocalStages(
-        settings,
-        backends["detector"],
-        backends["swapper"],
-        backends["enhancer"],
-        backends["converter"],
-        backends["fallback"],
-    )
+    stages = hostile.local_stages(settings, backends)
     report = {
         "detector": {"ready": True, "name": "retinaface-mnet025", "fallback": True},
         "swapper": {"ready": True, "name": "classical-dlib68", "fallback": True},
@@ -63,8 +47,11 @@ def make_client(backends: dict, admission: AdmissionGate | None = None, **overri
         return report
 
     info = StageInfo.from_report(report, ShiftConverter.name)
-    context = ServerContext(settings, build_auth(settings), stages, info, readiness, admission=admission)
-    return TestClient(build_app(context))
+    return ServerContext(settings, build_auth(settings), stages, info, readiness, admission=admission)
+
+
+def make_client(backends: dict, admission: AdmissionGate | None = None, **overrides: object) -> TestClient:
+    return TestClient(build_app(make_context(backends, admission, **overrides)))
 
 
 def token(ttl_s: float = 300, **claims: object) -> str:
@@ -119,7 +106,7 @@ def test_page_token_in_local_auto_mode(backends: dict) -> None:
     async def readiness() -> dict:
         return {}
 
-    stages = LocalStages(settings, *[backends[k] for k in ("detector", "swapper", "enhancer", "converter", "fallback")])
+    stages = hostile.local_stages(settings, backends)
     app = build_app(ServerContext(settings, auth, stages, StageInfo(), readiness))
     with TestClient(app, client=("127.0.0.1", 5000)) as local:
         page_token = local.get("/v1/page-token").json()["token"]
@@ -134,7 +121,7 @@ def test_hello_and_accepted_subprotocol(client: TestClient) -> None:
         assert ws.accepted_subprotocol == "mirage.v1"
         hello = json.loads(ws.receive_text())
     assert hello["type"] == "hello" and hello["protocol"] == 1
-    assert hello["audio"] == {"sample_rate": 16000, "chunk_ms": 192}
+    assert hello["audio"] == {"sample_rate": 16000, "chunk_ms": MirageSettings().chunk_ms}
     assert hello["video"] == {"width": 512, "height": 512, "fps": 20.0, "jpeg_quality": 85}
     assert set(hello["limits"]) == {"max_frame_bytes", "max_messages_per_s"}
     assert hello["backends"]["swapper"]["name"] == "classical-dlib68"
@@ -211,14 +198,13 @@ def test_audio_samples_are_conserved(client: TestClient) -> None:
     t = np.arange(16000 * 2) / 16000
     voice = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
     with connect(client, token()) as ws:
-        receive_json(ws, "hello")
+        block = receive_json(ws, "hello")["audio"]["chunk_ms"] * 16
         seq = 0
         while sent < len(voice) - 3200:
             n = 160 * int(rng.integers(1, 20))
             ws.send_bytes(protocol.pack(Kind.AUDIO, seq, seq * 1000, float_to_pcm16(voice[sent : sent + n])))
             sent += n
             seq += 1
-        block = 192 * 16
         expected = (sent // block) * block
         while received < expected:
             message = ws.receive()
@@ -321,6 +307,25 @@ def test_stats_endpoint_lists_live_sessions(client: TestClient) -> None:
         body = client.get("/v1/stats").json()
     assert body["sessions"] == 1
     assert body["capacity"] == 8
+
+
+def test_polling_the_stats_endpoint_leaves_a_sessions_fps_alone(backends: dict) -> None:
+    """GET /v1/stats reads a snapshot: the fps a session reports in its own ``stats`` still covers the whole second."""
+    context = make_context(backends)
+    now = [0.0]
+    session = Session(context.settings, context.stages, context.info, session_id="s1", clock=lambda: now[0])
+    context.sessions[session.id] = session
+    with TestClient(build_app(context)) as client:
+        for _ in range(10):
+            session.count_video_drop("busy")  # ten frames in
+        now[0] = 0.5
+        polled = client.get("/v1/stats").json()["per_session"]["s1"]
+        now[0] = 1.0
+        client.get("/v1/stats")
+    assert polled["fps_in"] == 20.0  # ten frames in the half second since the session started
+    assert session.stats_message()["fps_in"] == 10.0  # the polls did not start a new window: ten frames in 1 s
+    now[0] = 2.0
+    assert session.stats_message()["fps_in"] == 0.0  # the session's own message did
 
 
 def test_flags_from_a_client_are_refused_as_a_bad_header(client: TestClient) -> None:

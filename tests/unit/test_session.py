@@ -61,6 +61,7 @@ class ScriptedStages:
         self.fallback = fallback or PassthroughConverter()
         self.cost_ms = {"detect": 0.0, "swap": 0.0, "convert": 0.0, "fallback": 0.0}
         self.fail: dict[str, set[int]] = {"detect": set(), "identity": set(), "swap": set(), "convert": set()}
+        self.miss: set[int] = set()  # detect call numbers that find no face although one is there
         self.detect_calls: list[list[Face]] = []
         self.identities: list[SourceIdentity] = []
         self.swap_calls: list[tuple[list[Face], SourceIdentity]] = []
@@ -77,7 +78,7 @@ class ScriptedStages:
 
     async def detect(self, image: np.ndarray) -> list[Face]:
         self._enter("detect")
-        faces = self.detector.detect(image)
+        faces = [] if self.calls["detect"] - 1 in self.miss else self.detector.detect(image)
         self.detect_calls.append(faces)
         return faces
 
@@ -121,7 +122,9 @@ def voiced() -> np.ndarray:
 
 
 def make_session(stages: ScriptedStages, **overrides: Any) -> Session:
-    return Session(MirageSettings(**overrides), stages, INFO, session_id="s1", clock=stages.clock)
+    # these tests are written for the seed's 192 ms block and 40 + 10 ms hold-back (800 samples), not today's defaults
+    seed = {"chunk_ms": 192, "crossfade_ms": 40, "sola_search_ms": 10}
+    return Session(MirageSettings(**(seed | overrides)), stages, INFO, session_id="s1", clock=stages.clock)
 
 
 def png(image: np.ndarray) -> bytes:
@@ -443,6 +446,78 @@ async def test_a_failing_detector_with_no_known_face_masks_the_whole_frame(
     box = detector.detect(cv2.imdecode(np.frombuffer(frame, np.uint8), 1))[0].bbox
     assert face_psnr(reply.payload, frame, box) < RAW_FACE_PSNR_DB
     assert session.stats_message()["stage_failures"] == {"detect": 1}
+
+
+def face_boxes(frames: list[bytes], detector: RetinaFaceDetector) -> list[np.ndarray]:
+    return [detector.detect(cv2.imdecode(np.frombuffer(f, np.uint8), 1))[0].bbox for f in frames]
+
+
+async def stream(session: Session, stages: ScriptedStages, frames: list[bytes], first: int = 0) -> list[Media]:
+    """Frames at 20 fps (the fake clock advances 50 ms a frame); each frame's video reply."""
+    replies = []
+    for i, frame in enumerate(frames, start=first):
+        stages.clock.advance_ms(50)
+        replies.append((await session.on_video(video(i, i * FRAME_US, frame)))[0])
+    return replies
+
+
+async def test_a_detector_failing_beside_a_tracked_face_masks_the_frame_once_the_track_is_a_second_old(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    """Optical flow drifts off a face the detector cannot confirm: after 1 s the whole frame is masked, not swapped
+    on a stale track; when the detector answers again, frames are swapped again."""
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    frames = moving_face_frames(50)
+    boxes = face_boxes(frames, detector)
+    healthy = await stream(session, stages, frames[:6])
+    stages.fail["detect"] = set(range(stages.calls["detect"], 10_000))  # the detector dies
+    outage = await stream(session, stages, frames[6:36], first=6)
+    stages.fail["detect"] = set()  # Serve replaced it
+    recovered = await stream(session, stages, frames[36:], first=36)
+    replies = healthy + outage + recovered
+    scores = [face_psnr(r.payload, frames[i], boxes[i]) for i, r in enumerate(replies)]
+    assert max(scores) < RAW_FACE_PSNR_DB, scores  # the real face never went out
+    assert [r.flags for r in healthy] == [0] * 6
+    assert outage[0].flags == 0  # the track is fresh: swapped
+    # the first failed detection is frame 10 (one every 5 frames); 1 s later (frame 30) the track is not trusted
+    assert all(r.flags == FLAG_PASSTHROUGH for r in outage[-5:])
+    assert all(r.flags == 0 for r in recovered[-5:])  # swapped again
+    assert session.stats_message()["fail_closed"]["video"] >= 5
+
+
+async def test_a_face_the_detector_misses_is_masked_not_revealed_until_it_is_found_again(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    frames = moving_face_frames(14)
+    boxes = face_boxes(frames, detector)
+    replies = await stream(session, stages, frames[:6])  # detections: call 1 (frame 0), call 2 (frame 5)
+    stages.miss = set(range(stages.calls["detect"], stages.calls["detect"] + 3))  # the next 3 detections miss
+    replies += await stream(session, stages, frames[6:], first=6)
+    scores = [face_psnr(r.payload, frames[i], boxes[i]) for i, r in enumerate(replies)]
+    assert max(scores) < RAW_FACE_PSNR_DB, scores
+    flags = [r.flags for r in replies]
+    assert FLAG_PASSTHROUGH in flags[6:] and flags[-1] == 0, flags  # masked while missed, swapped once found
+
+
+async def test_someone_who_left_is_shown_again_after_a_second_without_a_face(
+    detector: RetinaFaceDetector, swapper: ClassicalSwapper
+) -> None:
+    stages = ScriptedStages(FakeClock(), detector, swapper)
+    session = make_session(stages)
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    await stream(session, stages, moving_face_frames(6))
+    empty_room = encode_jpeg(np.full((512, 512, 3), 90, np.uint8), 90)
+    replies = await stream(session, stages, [empty_room] * 30, first=6)
+    # the face just vanished (the first frames still carry the held track): masked until its absence is confirmed
+    assert FLAG_PASSTHROUGH in [r.flags for r in replies[:10]]
+    last = cv2.imdecode(np.frombuffer(replies[-1].payload, np.uint8), 1).astype(np.float64)
+    assert np.abs(last - 90).mean() < 2.0  # then the room goes out as it is (nothing to hide, nothing masked)
+    assert session.stats_message()["fail_closed"]["video"] < 30
 
 
 class SlowSwapStages(ScriptedStages):

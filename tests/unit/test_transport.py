@@ -346,3 +346,68 @@ async def test_flush_with_nothing_pending_sends_nothing(detector: RetinaFaceDete
         await socket.wait_for(lambda sent: any(m.get("type") == "pong" for m in sent if isinstance(m, dict)))
         await asyncio.sleep(0.2)
     assert [len(m.payload) // 2 for m in socket.media(Kind.AUDIO)] == [CHUNK]
+
+
+# --- the seq rule (security.FrameGuard): per kind, +1 per message, wrapping; within seq_tolerance ---------------
+def audio_at(seq: int, index: int, samples: np.ndarray) -> bytes:
+    """Audio chunk ``index`` of ``samples`` sent with ``seq`` (any uint32)."""
+    chunk = float_to_pcm16(samples[index * CHUNK : (index + 1) * CHUNK])
+    return protocol.pack(Kind.AUDIO, seq, index * 200_000, chunk)
+
+
+async def send_audio_seqs(detector: RetinaFaceDetector, voiced: np.ndarray, seqs: Sequence[int], answered: int) -> Live:
+    """Audio chunks 0, 1, ... with ``seqs``; returns once ``answered`` chunks are answered and a ping after them."""
+    async with connected(detector) as live:
+        socket = live.socket
+        for index, seq in enumerate(seqs):
+            socket.push(audio_at(seq, index, voiced))
+        socket.push('{"type": "ping", "t": "after"}')
+        await socket.wait_for(lambda sent: len(socket.media(Kind.AUDIO)) == answered and socket.json("pong"))
+        return live
+
+
+async def test_seqs_in_order_and_across_the_wrap_are_accepted(detector: RetinaFaceDetector, voiced: np.ndarray) -> None:
+    top = protocol.UINT32_MOD - 2
+    live = await send_audio_seqs(detector, voiced, [top, top + 1, 0, 1], answered=4)
+    assert [m.seq for m in live.socket.media(Kind.AUDIO)] == [top, top + 1, 0, 1]
+    assert live.socket.json("error") == [] and live.session.stats_message()["invalid"] == 0
+
+
+async def test_a_seq_jump_beyond_the_tolerance_is_an_error_and_the_session_goes_on(
+    detector: RetinaFaceDetector, voiced: np.ndarray
+) -> None:
+    tolerance = MirageSettings().seq_tolerance
+    seqs = [0, 2 + tolerance, 1 + tolerance, 2 + tolerance]  # expected 1: 1 + tolerance is the furthest allowed
+    live = await send_audio_seqs(detector, voiced, seqs, answered=3)
+    socket = live.socket
+    assert [m.seq for m in socket.media(Kind.AUDIO)] == [0, 1 + tolerance, 2 + tolerance]  # the jump was dropped
+    assert [m.capture_us for m in socket.media(Kind.AUDIO)] == [0, 400_000, 600_000]
+    (error,) = socket.json("error")
+    assert error["code"] == "bad_seq" and f"{1 + tolerance} ahead of the expected 1" in error["message"]
+    stats = live.session.stats_message()
+    assert stats["invalid"] == 1 and stats["audio"]["samples_in"] == 3 * CHUNK
+    assert socket.closes == [] and socket.json("pong") == [{"type": "pong", "t": "after"}]
+
+
+async def test_a_replayed_or_backwards_seq_is_an_error_and_the_session_goes_on(
+    detector: RetinaFaceDetector, voiced: np.ndarray
+) -> None:
+    live = await send_audio_seqs(detector, voiced, [5, 6, 7, 7, 5, 8], answered=4)
+    socket = live.socket
+    assert [m.seq for m in socket.media(Kind.AUDIO)] == [5, 6, 7, 8]
+    errors = socket.json("error")
+    assert [e["code"] for e in errors] == ["bad_seq", "bad_seq"]
+    assert "1 behind the expected 8" in errors[0]["message"] and "3 behind the expected 8" in errors[1]["message"]
+    assert live.session.stats_message()["invalid"] == 2
+    assert socket.closes == []
+
+
+async def test_each_kind_has_its_own_seq(detector: RetinaFaceDetector, voiced: np.ndarray, frames: list[bytes]) -> None:
+    async with connected(detector) as live:
+        socket = live.socket
+        socket.push(audio_at(100, 0, voiced))
+        socket.push(video(0, frames[0]))  # the first video frame sets its own base
+        await socket.wait_for(lambda sent: socket.media(Kind.AUDIO) and socket.media(Kind.VIDEO))
+        socket.push(audio_at(101, 1, voiced))
+        await socket.wait_for(lambda sent: len(socket.media(Kind.AUDIO)) == 2)
+    assert socket.json("error") == []

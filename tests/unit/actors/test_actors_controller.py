@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.controller import ControllerActor
+from actors.controller import ControllerActor, running_replicas
 
 
 def summary(sid: str, level: int) -> dict:
@@ -29,3 +29,34 @@ def test_a_released_session_no_longer_counts_even_if_a_late_push_arrives() -> No
     controller.push(summary("a", level=4))  # its last push, delivered after the release
     assert controller.admit("b")["admitted"]
     assert controller.load()["sessions"] == 1
+
+
+class FakeStatus:
+    """The parts of ``serve.status()`` the controller reads."""
+
+    def __init__(self, running: int, starting: int = 0) -> None:
+        replica_states = {"RUNNING": running, "STARTING": starting}
+        deployment = type("Deployment", (), {"replica_states": replica_states})()
+        app = type("App", (), {"deployments": {"Ingress": deployment}})()
+        self.applications = {"mirage": app}
+
+
+def test_running_replicas_counts_only_running_ones() -> None:
+    assert running_replicas(FakeStatus(2, starting=1), "mirage", "Ingress") == 2
+    assert running_replicas(FakeStatus(2), "other", "Ingress") is None
+    assert running_replicas(FakeStatus(2), "mirage", "Swapper") is None
+
+
+def test_capacity_follows_the_ingress_replicas_and_load_shows_the_global_view() -> None:
+    controller = ControllerActor(capacity=4)
+    controller._per_replica = 1  # what sessions_per_replica=1 sets, without the thread that polls Serve
+    controller.ingress_replicas = 1
+    assert controller.admit("a")["admitted"]
+    assert not controller.admit("b")["admitted"]  # one replica holds one session
+    controller.ingress_replicas = 2  # autoscaling added a replica
+    assert controller.admit("b")["admitted"]
+    controller.report_stage({"deployment": "Swapper", "replica": "r1", "queue": 3, "gpu_mem_fraction": None})
+    load = controller.load()
+    assert (load["capacity"], load["max_sessions"], load["ingress_replicas"]) == (2, 4, 2)
+    assert load["gpu_mem_fraction"] is None  # no GPU reported
+    assert load["stages"]["Swapper"] == {"replicas": 1, "queue": 3, "gpu_mem_fraction": None}

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from actors.launch import CPU_CONFIG, check_config, parse_sets, write_config
 
@@ -38,3 +39,13 @@ def test_sets_are_parsed_as_yaml_values() -> None:
         "max_faces": 2,
         "stage_budget_ms": {"video.swap": 40},
     }
+
+
+def test_a_deployment_user_config_out_of_range_is_refused_with_the_range(tmp_path: Path) -> None:
+    config = yaml.safe_load(CPU_CONFIG.read_text())
+    (app,) = config["applications"]
+    next(d for d in app["deployments"] if d["name"] == "Swapper")["user_config"] = {"max_batch_size": 100}
+    source = tmp_path / "source.yaml"
+    source.write_text(yaml.safe_dump(config))
+    problem = check_config(write_config(source, "127.0.0.1", 8000, {}, tmp_path))
+    assert problem is not None and problem.startswith("mirage/Swapper:") and "max_batch_size 1..64" in problem

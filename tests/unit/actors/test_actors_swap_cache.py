@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.deployments import IdentityCache
+from actors.deployments import IdentityCache, SwapperDeployment
 from actors.ingress import RayStages
-from mirage_ray.stages import IdentityMiss
+from mirage_ray.config import MirageSettings
+from mirage_ray.stage_api import IdentityMiss, SwapRequest, SwapResponse
 from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 from mirage_ray.vision.faces import SourceIdentity
 from mirage_ray.vision.swap_classical import ClassicalSwapper
@@ -32,15 +33,24 @@ def test_cache_stores_full_identities_and_evicts_the_least_recent() -> None:
     assert cache.resolve(None, "b") is None and cache.resolve(None, "a") is a
 
 
+class NoReports:
+    """In place of the replica's reporter: outside a Ray cluster there is no controller to report to (looking it up
+    would start a local Ray instance in the test process)."""
+
+    def maybe_report(self) -> None:
+        pass
+
+
 class Replica:
-    """What SwapperDeployment.swap does for one item, without Serve's batching machinery."""
+    """One SwapperDeployment (the real class) whose batch method runs without Serve's queue: a batch of one."""
 
-    def __init__(self, swapper: ClassicalSwapper) -> None:
-        self.swapper, self.cache = swapper, IdentityCache()
+    def __init__(self) -> None:
+        self.deployment = SwapperDeployment(MirageSettings(swapper="classical"))
+        self.deployment._gpu = NoReports()
 
-    async def swap(self, image, faces, identity, key):
-        resolved = self.cache.resolve(identity, key)
-        return IdentityMiss(key) if resolved is None else self.swapper.swap(image, faces, resolved)
+    async def swap(self, request: SwapRequest):
+        [result] = await SwapperDeployment._swap_batch.__wrapped__(self.deployment, [request])
+        return result
 
 
 class ScriptedRouter:
@@ -49,10 +59,10 @@ class ScriptedRouter:
     def __init__(self, replicas: list[Replica], route: list[int], log: list[tuple[int, bool]]) -> None:
         self._replicas, self._route, self._log = replicas, iter(route), log
 
-    def remote(self, image, faces, identity, key):
+    def remote(self, request: SwapRequest):
         replica = next(self._route)
-        self._log.append((replica, identity is not None))
-        return self._replicas[replica].swap(image, faces, identity, key)
+        self._log.append((replica, request.identity is not None))
+        return self._replicas[replica].swap(request)
 
 
 class Handle:
@@ -61,9 +71,9 @@ class Handle:
 
 
 async def test_ray_stages_sends_the_identity_once_then_only_on_a_miss(swap_setup) -> None:
-    swapper, identity, faces = swap_setup
+    _, identity, faces = swap_setup
     log: list[tuple[int, bool]] = []
-    router = ScriptedRouter([Replica(swapper), Replica(swapper)], [0, 1, 1, 1, 0], log)
+    router = ScriptedRouter([Replica(), Replica()], [0, 1, 1, 1, 0], log)
     stages = RayStages({"swapper": Handle(router)})
     image = astronaut()
     outputs = [await stages.swap(image, faces, identity) for _ in range(4)]
@@ -74,9 +84,18 @@ async def test_ray_stages_sends_the_identity_once_then_only_on_a_miss(swap_setup
     assert not np.array_equal(outputs[0], image)
 
 
+async def test_a_request_without_a_key_is_swapped_and_not_cached(swap_setup) -> None:
+    _, identity, faces = swap_setup
+    replica = Replica()
+    swapped = await replica.swap(SwapRequest(astronaut(), tuple(faces), identity))
+    assert isinstance(swapped, SwapResponse) and not np.array_equal(swapped.image, astronaut())
+    by_key = SwapRequest(astronaut(), tuple(faces), identity_key="never-sent")
+    assert isinstance(await replica.swap(by_key), IdentityMiss)
+
+
 def test_restore_batches_by_fidelity_and_routes_each_result_home() -> None:
     from actors.deployments import restore_batched
-    from mirage_ray.stages import StageFailure
+    from mirage_ray.stage_api import StageFailure
 
     calls: list[tuple[int, float]] = []
 

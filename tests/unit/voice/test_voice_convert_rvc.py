@@ -27,7 +27,6 @@ from mirage_ray.voice.convert_rvc import (
 )
 from mirage_ray.voice.onnx_io import fp16_providers
 from mirage_ray.voice.stream import VoiceStream
-from tests.speech import speech
 from tests.synthetic import rvc_onnx as syn
 
 SR = 16_000
@@ -46,11 +45,6 @@ def models(tmp_path_factory) -> Path:
     syn.save(syn.generator_model(256, 40_000, amplitude=0.2), root / "v1" / "carol.onnx")
     (root / "v2" / "notes.txt").write_text("not a voice")
     return root
-
-
-@pytest.fixture(scope="module")
-def voice() -> np.ndarray:
-    return speech()
 
 
 @pytest.fixture(scope="module")

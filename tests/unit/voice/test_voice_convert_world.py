@@ -13,7 +13,6 @@ from mirage_ray.voice.convert_world import WorldConverter, WorldConverterError, 
 from mirage_ray.voice.presets import preset_params
 from mirage_ray.voice.quality import log_spectral_distance
 from mirage_ray.voice.stream import VoiceStream
-from tests.speech import speech
 
 SR = 16_000
 CENTS_TOLERANCE = 25.0
@@ -23,16 +22,6 @@ STREAM_LSD_MARGIN_DB = 2.0  # ...and clearly closer to it than the unconverted i
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     import pyworld
-
-
-@pytest.fixture(scope="module")
-def voice() -> np.ndarray:
-    return speech()
-
-
-@pytest.fixture(scope="module")
-def world() -> WorldConverter:
-    return WorldConverter()
 
 
 def _harvest(x: np.ndarray) -> np.ndarray:

@@ -6,24 +6,12 @@ import numpy as np
 import pytest
 
 from mirage_ray.voice.base import VoiceParams
-from mirage_ray.voice.convert_world import WorldConverter
 from mirage_ray.voice.quality import block_boundaries, click_score
-from mirage_ray.voice.stream import VoiceStream, VoiceStreamError, sola_offset
-from tests.speech import speech
+from mirage_ray.voice.stream import SOLA_SEARCH_MS, VoiceStream, VoiceStreamError, sola_offset
 
 FRAME = 160
 CLICK_PASS = 1.5  # natural audio scores ≈ 1; SOLA + crossfade must stay under this at block boundaries
 CLICK_FAIL = 2.5  # naive concatenation of independently converted blocks scores above this
-
-
-@pytest.fixture(scope="module")
-def voice() -> np.ndarray:
-    return speech()
-
-
-@pytest.fixture(scope="module")
-def world() -> WorldConverter:
-    return WorldConverter()
 
 
 def _stream_random_chunks(stream: VoiceStream, x: np.ndarray, convert, rng: np.random.Generator) -> np.ndarray:
@@ -61,7 +49,7 @@ def test_identity_converter_reproduces_input_exactly_after_latency(voice, block_
     stream = VoiceStream(block_ms=block_ms, crossfade_ms=crossfade_ms, crossfade=crossfade, gate_db=None)
     out = _stream_random_chunks(stream, voice, lambda w: w.copy(), np.random.default_rng(block_ms))
     lat = stream.latency_samples
-    assert lat == ((crossfade_ms + 10) * 16 if crossfade else 0)
+    assert lat == ((crossfade_ms + SOLA_SEARCH_MS) * 16 if crossfade else 0)
     assert len(out) + stream.pending_samples == len(voice)
     assert not np.any(out[:lat])
     np.testing.assert_array_equal(out[lat:], voice[: len(out) - lat])
@@ -101,7 +89,7 @@ def test_block_size_change_applies_at_the_next_window():
 
 
 def test_windows_are_left_context_plus_hold_back_plus_block(voice):
-    stream = VoiceStream(block_ms=100, context_ms=200, crossfade_ms=40, gate_db=None)
+    stream = VoiceStream(block_ms=100, context_ms=200, crossfade_ms=40, search_ms=10, gate_db=None)
     stream.push(voice[:8000])
     windows = [stream.next_window() for _ in range(5)]
     assert stream.next_window() is None and stream.pending_samples == 0
