@@ -41,8 +41,8 @@ run: venv
 	$(PY) -m actors.launch run --port $(PORT)
 
 lint: venv
-	$(VENV)/bin/ruff check mirage_ray actors tests bench
-	$(VENV)/bin/ruff format --check mirage_ray actors tests bench
+	$(VENV)/bin/ruff check mirage_ray actors tests bench examples
+	$(VENV)/bin/ruff format --check mirage_ray actors tests bench examples
 
 test: venv system-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
