@@ -127,6 +127,13 @@ def make_session(stages: ScriptedStages, **overrides: Any) -> Session:
     return Session(MirageSettings(**(seed | overrides)), stages, INFO, session_id="s1", clock=stages.clock)
 
 
+async def disguised_session(stages: ScriptedStages, **overrides: Any) -> Session:
+    """A session with the Tom Hanks reference set (the disguise on)."""
+    session = make_session(stages, **overrides)
+    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    return session
+
+
 def png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     assert ok
@@ -437,8 +444,7 @@ async def test_a_failing_detector_with_no_known_face_masks_the_whole_frame(
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = ScriptedStages(FakeClock(), detector, swapper)
-    session = make_session(stages)
-    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    session = await disguised_session(stages)
     stages.fail["detect"] = {1}  # call 0 was the reference: the first frame's detection fails, no face known yet
     frame = moving_face_frames(1)[0]
     reply = (await session.on_video(video(0, 0, frame)))[0]
@@ -467,8 +473,7 @@ async def test_a_detector_failing_beside_a_tracked_face_masks_the_frame_once_the
     """Optical flow drifts off a face the detector cannot confirm: after 1 s the whole frame is masked, not swapped
     on a stale track; when the detector answers again, frames are swapped again."""
     stages = ScriptedStages(FakeClock(), detector, swapper)
-    session = make_session(stages)
-    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    session = await disguised_session(stages)
     frames = moving_face_frames(50)
     boxes = face_boxes(frames, detector)
     healthy = await stream(session, stages, frames[:6])
@@ -491,8 +496,7 @@ async def test_a_face_the_detector_misses_is_masked_not_revealed_until_it_is_fou
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = ScriptedStages(FakeClock(), detector, swapper)
-    session = make_session(stages)
-    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    session = await disguised_session(stages)
     frames = moving_face_frames(14)
     boxes = face_boxes(frames, detector)
     replies = await stream(session, stages, frames[:6])  # detections: call 1 (frame 0), call 2 (frame 5)
@@ -508,8 +512,7 @@ async def test_someone_who_left_is_shown_again_after_a_second_without_a_face(
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = ScriptedStages(FakeClock(), detector, swapper)
-    session = make_session(stages)
-    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    session = await disguised_session(stages)
     await stream(session, stages, moving_face_frames(6))
     empty_room = encode_jpeg(np.full((512, 512, 3), 90, np.uint8), 90)
     replies = await stream(session, stages, [empty_room] * 30, first=6)
@@ -532,8 +535,7 @@ async def test_a_swap_slower_than_the_timeout_goes_out_masked(
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = SlowSwapStages(FakeClock(), detector, swapper)
-    session = make_session(stages, video_stage_timeout_ms=50)
-    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    session = await disguised_session(stages, video_stage_timeout_ms=50)
     frame = moving_face_frames(1)[0]
     reply = (await session.on_video(video(0, 0, frame)))[0]
     box = stages.detect_calls[-1][0].bbox
@@ -545,8 +547,7 @@ async def test_reveal_sends_the_unswapped_frame_on_failure(
     detector: RetinaFaceDetector, swapper: ClassicalSwapper
 ) -> None:
     stages = ScriptedStages(FakeClock(), detector, swapper)
-    session = make_session(stages, on_stage_failure="reveal")
-    await session.on_reference(Media(Kind.REFERENCE, 0, 0, png(insightface_image("Tom_Hanks_54745.png"))))
+    session = await disguised_session(stages, on_stage_failure="reveal")
     stages.fail["swap"] = {0}
     frame = moving_face_frames(1)[0]
     reply = (await session.on_video(video(0, 0, frame)))[0]
