@@ -39,6 +39,20 @@ class Client:
         cls.live.add(client)
         return client
 
+    @classmethod
+    async def open_disguised(cls, app: ServeApp) -> Client:
+        """A session past its hello with the Tom Hanks reference accepted (the disguise on)."""
+        import cv2
+
+        from tests.media import insightface_image
+
+        client = await cls.open(app, app.token())
+        await client.next_json("hello")
+        _, png = cv2.imencode(".png", insightface_image("Tom_Hanks_54745.png"))
+        await client.send(Kind.REFERENCE, 0, 0, png.tobytes())
+        assert (await client.next_json("reference", 60))["ok"] is True
+        return client
+
     async def _read(self) -> None:
         try:
             async for raw in self.socket:

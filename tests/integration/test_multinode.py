@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 import yaml
 
@@ -31,7 +30,7 @@ from actors.launch import deploy, free_port, pin_ray_auth_mode, stop_processes, 
 from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind
 from tests.conftest import REPO_ROOT, TEST_JWT_SECRET, ServeApp
 from tests.integration.client import Client
-from tests.media import insightface_image, moving_face_frames
+from tests.media import moving_face_frames
 
 pytestmark = pytest.mark.integration
 READY_TIMEOUT_S = 240.0
@@ -170,15 +169,6 @@ async def frames_until_swapped(client: Client, first_seq: int, frames: list[byte
     raise AssertionError(f"no swapped frame among {SWAP_WITHIN_FRAMES} from seq {first_seq}")
 
 
-async def open_swapping(app: ServeApp) -> Client:
-    client = await Client.open(app, app.token())
-    await client.next_json("hello")
-    _, png = cv2.imencode(".png", insightface_image("Tom_Hanks_54745.png"))
-    await client.send(Kind.REFERENCE, 0, 0, png.tobytes())
-    assert (await client.next_json("reference", 60))["ok"] is True
-    return client
-
-
 async def test_sessions_across_nodes_survive_a_worker_node_removal(multinode: MultiNodeApp) -> None:
     app = multinode.app
     assert set(app.deployments.values()) == {"RUNNING"}
@@ -187,7 +177,7 @@ async def test_sessions_across_nodes_survive_a_worker_node_removal(multinode: Mu
     assert {node for name in ("Detector", "Enhancer", "Voice") for node in where[name]} == {NODE_A}
     assert sorted(where["Swapper"]) == [NODE_A, NODE_B]  # every frame goes head -> worker and back
     frames = moving_face_frames(20, step_px=2)
-    client = await open_swapping(app)
+    client = await Client.open_disguised(app)
     await frames_until_swapped(client, 1, frames)  # served end to end across nodes: swapped, not passed through
 
     removed_at_seq = 0
@@ -216,7 +206,7 @@ async def test_sessions_across_nodes_survive_a_worker_node_removal(multinode: Mu
     # recovered: the surviving Swapper replica swaps again (frames lost with the node went out masked and flagged)
     await frames_until_swapped(client, next_seq, frames)
     # a new session is served by what is left
-    second = await open_swapping(app)
+    second = await Client.open_disguised(app)
     await frames_until_swapped(second, 1, frames)
     await second.close()
     await client.close()
