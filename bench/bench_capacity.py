@@ -9,6 +9,9 @@ processes (with the per-process split, from /proc), then the ratio against the s
 
     .venv/bin/python -m bench.bench_capacity [--sessions 1 2 3 4 6 8] [--seconds 15] [--set key=value ...]
 
+``--batching`` runs every stage in its model deployment (the A10G profile's shape, on this CPU) twice, batching on
+(the profile's batch size) and off (batches of 1), and prints the batches each deployment ran per N.
+
 Nothing is asserted: the figures go to docs/benchmarks.md.
 """
 
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -219,26 +224,71 @@ async def main_async(args: argparse.Namespace) -> None:
         print_row("one process", n, s, None)
     env = {"MIRAGE_JWT_SECRET": BENCH_JWT_SECRET}
     config = profile_variant(args.ingress_replicas)
-    print(f"config: {CPU_CONFIG.name}, Ingress replicas {args.ingress_replicas}, sets {sets or 'none'}")
-    with launched(config, sets=sets, num_cpus=2, env=env, timeout_s=300) as ready:
-        app = ServeApp(ready["url"], ready["url"].replace("http://", "ws://") + "ws", ready["ray_address"], 0.0)
-        splits, moves = {}, {}
-        for n in args.sessions:
-            result = await run_wire(app, ready["temp_dir"], media, n, args.seconds)
-            s = summarise(result)
-            reference = baseline.get(n) or baseline.get(min(baseline, key=lambda b: abs(b - n))) if baseline else None
-            print_row("Serve", n, s, s["cpu_per_session_s"] / reference if reference else None)
-            splits[n] = result["split"]
-            if result["refused"]:
-                print(f"   refused at N={n}: {sorted(set(result['refused']))}", flush=True)
-            moves[n] = [r for f in result["served"] for r in f.reasons]
-        print("\nserver CPU by process (cores, i.e. CPU-s per wall-s):")
-        for n, split in splits.items():
-            parts = sorted(split.items(), key=lambda kv: -kv[1])
-            print(f"N={n}: " + ", ".join(f"{name} {sec / args.seconds:.2f}" for name, sec in parts if sec > 0.005))
-        print("\nwhy the ladder moved (directive reasons, all sessions):")
-        for n, reasons in moves.items():
-            print(f"N={n}: {dict(Counter(reasons))}")
+    for label, variant in serve_variants(sets, args.batching):
+        print(f"config: {CPU_CONFIG.name}, Ingress replicas {args.ingress_replicas}, sets {variant or 'none'}")
+        with launched(config, sets=variant, num_cpus=2, env=env, timeout_s=300) as ready:
+            app = ServeApp(ready["url"], ready["url"].replace("http://", "ws://") + "ws", ready["ray_address"], 0.0)
+            splits, moves = {}, {}
+            for n in args.sessions:
+                batches_before = batch_sizes(ready["ray_address"]) if args.batching else {}
+                result = await run_wire(app, ready["temp_dir"], media, n, args.seconds)
+                s = summarise(result)
+                near = min(baseline, key=lambda b: abs(b - n)) if baseline else None
+                reference = baseline.get(n) or (baseline[near] if near is not None else None)
+                print_row(label, n, s, s["cpu_per_session_s"] / reference if reference else None)
+                if args.batching:
+                    print(
+                        f"   batches during N={n}: {batch_summary(batches_before, batch_sizes(ready['ray_address']))}"
+                    )
+                splits[n] = result["split"]
+                if result["refused"]:
+                    print(f"   refused at N={n}: {sorted(set(result['refused']))}", flush=True)
+                moves[n] = [r for f in result["served"] for r in f.reasons]
+            print("\nserver CPU by process (cores, i.e. CPU-s per wall-s):")
+            for n, split in splits.items():
+                parts = sorted(split.items(), key=lambda kv: -kv[1])
+                print(f"N={n}: " + ", ".join(f"{name} {sec / args.seconds:.2f}" for name, sec in parts if sec > 0.005))
+            print("\nwhy the ladder moved (directive reasons, all sessions):")
+            for n, reasons in moves.items():
+                print(f"N={n}: {dict(Counter(reasons))}")
+
+
+BATCHED_DEPLOYMENTS = ("Detector", "Swapper", "Voice")
+
+
+def serve_variants(sets: list[str], batching: bool) -> list[tuple[str, list[str]]]:
+    """(row label, application sets) per Serve run: the profile as it is, or (``--batching``) every stage in its
+    model deployment with batching on (the profile's batch size) and off (batches of 1)."""
+    if not batching:
+        return [("Serve", sets)]
+    deployments = [*sets, "local_stages=[]"]
+    return [("Serve, batching on", deployments), ("Serve, batching off", [*deployments, "batch_max_size=1"])]
+
+
+def batch_sizes(ray_address: str) -> dict[str, dict[int, int]]:
+    """How many batches of each size every model deployment has run (its ``batching()`` report, via its handle)."""
+    code = (
+        "import json, ray\nfrom ray import serve\n"
+        f"ray.init(address={ray_address!r}, log_to_driver=False, logging_level='ERROR')\n"
+        f"names = {BATCHED_DEPLOYMENTS!r}\n"
+        "print(json.dumps({n: serve.get_deployment_handle(n, app_name='mirage').batching.remote().result().sizes"
+        " for n in names}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    return {name: {int(size): count for size, count in sizes.items()} for name, sizes in reports.items()}
+
+
+def batch_summary(before: dict[str, dict[int, int]], after: dict[str, dict[int, int]]) -> str:
+    """Per deployment: calls, batches and mean batch size between two reports."""
+    parts = []
+    for name, sizes in after.items():
+        delta = {size: count - before.get(name, {}).get(size, 0) for size, count in sizes.items()}
+        batches = sum(delta.values())
+        calls = sum(size * count for size, count in delta.items())
+        mean = calls / batches if batches else 0.0
+        parts.append(f"{name} {calls} calls in {batches} batches (mean {mean:.2f}, largest {max(delta, default=0)})")
+    return "; ".join(parts)
 
 
 def profile_variant(ingress_replicas: int) -> Path:
@@ -281,6 +331,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--set", action="append", default=[], help="application arg key=value (repeatable)")
     parser.add_argument("--ingress-replicas", type=int, default=1, help="compare with more Ingress replicas")
+    parser.add_argument(
+        "--batching", action="store_true", help="every stage in its deployment, batching on and off (batch sizes)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the app it started (launched's finally) on kill
     asyncio.run(main_async(args))
