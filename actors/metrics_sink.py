@@ -48,8 +48,9 @@ class RayMetricsSink:
 GPU_REPORT_INTERVAL_S = 2.0  # a working replica reports at most this often (controller: stale after 10 s)
 
 
+@functools.cache
 def _torch_cuda() -> Any:
-    """torch when it is installed and sees a CUDA device, else None."""
+    """torch when it is installed and sees a CUDA device, else None (looked up once: importing torch takes seconds)."""
     try:
         import torch
     except ImportError:
@@ -150,6 +151,7 @@ class GpuMemoryReporter:
         self._last = 0.0
         self._controller: Any = None
         self._sent: Any = None  # the previous report's ObjectRef (its error, if any, is read once)
+        _torch_cuda()  # at replica start, not in the first request's time (a cold import made first swaps time out)
 
     def maybe_report(self) -> None:
         now = time.monotonic()
