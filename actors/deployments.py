@@ -19,7 +19,7 @@ import numpy as np
 from ray import serve
 
 from actors.metrics_sink import GpuMemoryReporter, RayMetricsSink, in_flight
-from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
+from mirage_ray.backends import Choice, build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.config import MirageSettings
 from mirage_ray.models import ModelRegistry
 from mirage_ray.stage_api import (
@@ -127,6 +127,7 @@ class _StageDeployment:
     """What every model deployment shares: batching from ``user_config``, and a report of the batches it ran."""
 
     BATCHED: str  # the name of the class's @serve.batch method
+    _choice: Choice  # the backend the registry chose (set by the subclass before this __init__)
 
     def __init__(self, settings: MirageSettings, name: str) -> None:
         self._gpu = GpuMemoryReporter(name, RayMetricsSink())
@@ -138,6 +139,10 @@ class _StageDeployment:
         method = getattr(self, self.BATCHED)
         method.set_max_batch_size(config.max_batch_size)
         method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def ready(self) -> dict[str, Any]:
+        """The readiness report: ready, and the backend chosen (name, reason, fallback)."""
+        return {"ready": True, **self._choice.as_dict()}
 
     def reconfigure(self, config: Mapping[str, Any] | None) -> None:
         """Serve calls this with the deployment's ``user_config`` at start and whenever it changes (replicas live on).
@@ -159,8 +164,16 @@ class _StageDeployment:
             sizes=dict(self._batch_sizes),
         )
 
-    def _batch_started(self, size: int) -> None:
+    async def _run_batch(self, size: int, run: Callable[[], list[R]]) -> list[R]:
+        """Count a batch of ``size`` items, then ``run`` it off the replica's event loop (and report GPU memory when
+        it is time)."""
         self._batch_sizes[size] += 1
+
+        def reported_run() -> list[R]:
+            self._gpu.maybe_report()
+            return run()
+
+        return await asyncio.to_thread(reported_run)
 
 
 class DetectorDeployment(_StageDeployment):
@@ -170,9 +183,6 @@ class DetectorDeployment(_StageDeployment):
         self._detector, self._choice = build_detector(settings, ModelRegistry(settings))
         super().__init__(settings, "Detector")
 
-    def ready(self) -> dict[str, Any]:
-        return {"ready": True, **self._choice.as_dict()}
-
     @in_flight
     async def detect(self, request: DetectRequest) -> DetectResponse:
         return _raise_failure(await self._detect_batch(request))
@@ -181,17 +191,15 @@ class DetectorDeployment(_StageDeployment):
     async def _detect_batch(self, requests: list[DetectRequest]) -> list[DetectResponse | StageFailure]:
         """Frames from several callers in one model run (same-size images batch together); if the batch fails,
         each frame again on its own so one bad item fails alone."""
-        self._batch_started(len(requests))
         images = [request.image for request in requests]
 
         def run() -> list[DetectResponse | StageFailure]:
-            self._gpu.maybe_report()
             try:
                 return [DetectResponse(tuple(faces)) for faces in self._detector.detect_batch(images)]
             except Exception:
                 return [_guarded("detect", self._detect_one, image) for image in images]
 
-        return await asyncio.to_thread(run)
+        return await self._run_batch(len(requests), run)
 
     def _detect_one(self, image: np.ndarray) -> DetectResponse:
         return DetectResponse(tuple(self._detector.detect(image)))
@@ -224,14 +232,8 @@ class SwapperDeployment(_StageDeployment):
 
     @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
     async def _swap_batch(self, requests: list[SwapRequest]) -> list[SwapResponse | IdentityMiss | StageFailure]:
-        self._batch_started(len(requests))
         resolved = [self._identities.resolve(r.identity, r.identity_key) for r in requests]
-
-        def run() -> list[SwapResponse | IdentityMiss | StageFailure]:
-            self._gpu.maybe_report()
-            return self.swap_items(requests, resolved)
-
-        return await asyncio.to_thread(run)
+        return await self._run_batch(len(requests), lambda: self.swap_items(requests, resolved))
 
     def swap_items(
         self, requests: list[SwapRequest], identities: list[SourceIdentity | None]
@@ -257,9 +259,6 @@ class EnhancerDeployment(_StageDeployment):
             cap_torch_gpu_memory(settings.gpu_mem_limit_mb)
         super().__init__(settings, "Enhancer")
 
-    def ready(self) -> dict[str, Any]:
-        return {"ready": True, **self._choice.as_dict()}
-
     @in_flight
     async def restore(self, request: RestoreRequest) -> RestoreResponse:
         return _raise_failure(await self._restore_batch(request))
@@ -267,14 +266,12 @@ class EnhancerDeployment(_StageDeployment):
     @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
     async def _restore_batch(self, requests: list[RestoreRequest]) -> list[RestoreResponse | StageFailure]:
         """Face crops from several callers run as one batch per fidelity (the model takes one weight per call)."""
-        self._batch_started(len(requests))
 
         def run() -> list[RestoreResponse | StageFailure]:
-            self._gpu.maybe_report()
             restored = restore_batched(self._enhancer, [r.crops for r in requests], [r.fidelity for r in requests])
             return [r if isinstance(r, StageFailure) else RestoreResponse(r) for r in restored]
 
-        return await asyncio.to_thread(run)
+        return await self._run_batch(len(requests), run)
 
 
 class VoiceDeployment(_StageDeployment):
@@ -286,7 +283,14 @@ class VoiceDeployment(_StageDeployment):
 
     def ready(self) -> dict[str, Any]:
         voices = list(getattr(self._primary, "voices", []) or [])
-        return {"ready": True, "fallback_converter": self._fallback.name, "voices": voices, **self._choice.as_dict()}
+        context_ms = max(self._primary.context_ms, self._fallback.context_ms)
+        return {
+            "ready": True,
+            "fallback_converter": self._fallback.name,
+            "voices": voices,
+            "context_ms": context_ms,
+            **self._choice.as_dict(),
+        }
 
     @in_flight
     async def convert(self, request: ConvertRequest) -> ConvertResponse:
@@ -294,13 +298,9 @@ class VoiceDeployment(_StageDeployment):
 
     @serve.batch(max_batch_size=INITIAL_BATCH_SIZE, batch_wait_timeout_s=INITIAL_BATCH_WAIT_S)
     async def _convert_batch(self, requests: list[ConvertRequest]) -> list[ConvertResponse | StageFailure]:
-        self._batch_started(len(requests))
-
-        def run() -> list[ConvertResponse | StageFailure]:
-            self._gpu.maybe_report()
-            return [_guarded("voice", self._convert_one, request) for request in requests]
-
-        return await asyncio.to_thread(run)
+        return await self._run_batch(
+            len(requests), lambda: [_guarded("voice", self._convert_one, request) for request in requests]
+        )
 
     def _convert_one(self, request: ConvertRequest) -> ConvertResponse:
         converter = self._fallback if request.fallback else self._primary

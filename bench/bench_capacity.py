@@ -38,6 +38,7 @@ from bench.common import (
     FPS,
     SAMPLES_PER_CHUNK,
     LoadMedia,
+    LocalBackends,
     ServeApp,
     SessionFigures,
     WireSession,
@@ -110,20 +111,13 @@ async def run_wire(app: ServeApp, temp_dir: str, media: LoadMedia, sessions: int
 
 async def run_in_process(settings: MirageSettings, media: LoadMedia, sessions: int, seconds: float) -> dict[str, Any]:
     """The same sessions (reference, 20 fps video, real-time audio) on Session + LocalStages in this process."""
-    from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
-    from mirage_ray.models import ModelRegistry
     from mirage_ray.session import Session
-    from mirage_ray.stages import LocalStages, StageInfo, Workers
+    from mirage_ray.stages import StageInfo, Workers
 
-    registry = ModelRegistry(settings)
     workers = Workers.from_settings(settings)
-    converter, fallback, voice_choice = build_converters(settings, registry)
-    detector, det_choice = build_detector(settings, registry)
-    swapper, swap_choice = build_swapper(settings, registry)
-    enhancer, enh_choice = build_enhancer(settings, registry)
-    stages = LocalStages(settings, detector, swapper, enhancer, converter, fallback, workers)
-    report = {"detector": det_choice.as_dict(), "swapper": swap_choice.as_dict(), "enhancer": enh_choice.as_dict()}
-    info = StageInfo.from_report({**report, "voice": voice_choice.as_dict()}, "pitch-shift")
+    backends = LocalBackends.build(settings)
+    stages = backends.stages(settings, workers)
+    info = StageInfo.from_report(backends.report(), "pitch-shift")
     figures = [SessionFigures() for _ in range(sessions)]
     start = time.perf_counter()
     measure_from, measure_to = start + WARM_UP_S, start + WARM_UP_S + seconds

@@ -39,9 +39,19 @@ import numpy as np
 
 from actors.launch import LaunchError, _process_tree, launched
 from bench.bench_capacity import cpu_seconds, cpu_split
-from bench.common import BENCH_JWT_SECRET, CPU_CONFIG, BenchClient, ServeApp, load_line, machine_lines, pct
+from bench.common import (
+    BENCH_JWT_SECRET,
+    CPU_CONFIG,
+    BenchClient,
+    LocalBackends,
+    ServeApp,
+    load_line,
+    machine_lines,
+    pct,
+)
 from mirage_ray import protocol
 from mirage_ray.codec import float_to_pcm16, pcm16_to_float
+from mirage_ray.config import MirageSettings
 from mirage_ray.voice.base import SAMPLE_RATE
 from mirage_ray.voice.convert_world import WorldConverter
 from mirage_ray.voice.presets import preset_params
@@ -71,18 +81,23 @@ class Config:
     search_ms: int
     margin_ms: float
     latency_hint: str  # the page's AudioContext latencyHint
+    context_ms: int | None  # the voice windows' left context (None: what the converters report)
 
     @property
     def sets(self) -> list[str]:
-        return [f"chunk_ms={self.block_ms}", f"crossfade_ms={self.crossfade_ms}", f"sola_search_ms={self.search_ms}"]
+        sets = [f"chunk_ms={self.block_ms}", f"crossfade_ms={self.crossfade_ms}", f"sola_search_ms={self.search_ms}"]
+        return sets + ([] if self.context_ms is None else [f"context_ms={self.context_ms}"])
 
     @property
     def hold_back_ms(self) -> float:
         return float(self.crossfade_ms + self.search_ms)
 
 
-BEFORE = Config("before (seed defaults)", 192, 40, 10, 40.0, "interactive")
-AFTER = Config("after (today's defaults)", 80, 20, 5, 20.0, "0")
+BEFORE = Config("before (seed defaults)", 192, 40, 10, 40.0, "interactive", 384)
+_DEFAULTS = MirageSettings()
+AFTER = Config(
+    "after (today's defaults)", _DEFAULTS.chunk_ms, _DEFAULTS.crossfade_ms, _DEFAULTS.sola_search_ms, 20.0, "0", None
+)
 
 
 def send_chunk_ms(block_ms: int) -> int:
@@ -93,16 +108,20 @@ def send_chunk_ms(block_ms: int) -> int:
 # --- in-process: CPU and clicks ------------------------------------------------------------------------------------
 def in_process(x: np.ndarray, blocks: list[int], configs: list[Config]) -> None:
     world, params = WorldConverter(), preset_params("deeper")
-    print("\n(1) WORLD in-process, preset 'deeper', context 384 ms: voice CPU per session-second and click score")
-    print(
-        f"  {'block ms':>8} {'hold-back':>9} {'CPU s / session s':>17} {'click on':>8} {'click off':>9} {'control':>7}"
-    )
+    print("\n(1) WORLD in-process, preset 'deeper': voice CPU per session-second and click score")
+    header = ("block ms", "context", "hold-back", "CPU s / session s", "click on", "click off", "control")
+    print("  " + " ".join(f"{name:>{width}}" for name, width in zip(header, (8, 7, 9, 17, 8, 9, 7), strict=True)))
     for block_ms in blocks:
         for cfg in configs:
             row: dict[str, float] = {}
+            context_ms = world.context_ms if cfg.context_ms is None else cfg.context_ms
             for crossfade in (True, False):
                 stream = VoiceStream(
-                    block_ms=block_ms, crossfade_ms=cfg.crossfade_ms, search_ms=cfg.search_ms, crossfade=crossfade
+                    block_ms=block_ms,
+                    context_ms=context_ms,
+                    crossfade_ms=cfg.crossfade_ms,
+                    search_ms=cfg.search_ms,
+                    crossfade=crossfade,
                 )
                 cpu: list[float] = []
 
@@ -119,7 +138,8 @@ def in_process(x: np.ndarray, blocks: list[int], configs: list[Config]) -> None:
                     row["cpu"] = sum(cpu) / (len(out) / SAMPLE_RATE)
                     row["control"] = click_score(out, block_boundaries(len(out), block, offset=block // 2))
             print(
-                f"  {block_ms:8d} {cfg.hold_back_ms:7.0f}ms {row['cpu']:17.3f} {row['True']:8.2f} {row['False']:9.2f}"
+                f"  {block_ms:8d} {context_ms:5d}ms {cfg.hold_back_ms:7.0f}ms {row['cpu']:17.3f} {row['True']:8.2f}"
+                f" {row['False']:9.2f}"
                 f" {row['control']:7.2f}"
             )
 
@@ -297,22 +317,16 @@ def _serve_local(port: int, sets: list[str]) -> None:
     import uvicorn
 
     from actors.launch import parse_sets
-    from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
     from mirage_ray.config import MirageSettings
-    from mirage_ray.models import ModelRegistry
     from mirage_ray.security import build_auth
     from mirage_ray.server import ServerContext, build_app
-    from mirage_ray.stages import LocalStages, StageInfo, Workers
+    from mirage_ray.stages import StageInfo, Workers
 
     settings = MirageSettings(jwt_secret=BENCH_JWT_SECRET, **parse_sets(sets))
-    registry = ModelRegistry(settings)
     workers = Workers.from_settings(settings)
-    converter, fallback, voice = build_converters(settings, registry)
-    detector, det = build_detector(settings, registry)
-    swapper, swap = build_swapper(settings, registry)
-    enhancer, enh = build_enhancer(settings, registry)
-    stages = LocalStages(settings, detector, swapper, enhancer, converter, fallback, workers)
-    report = {k: c.as_dict() for k, c in (("detector", det), ("swapper", swap), ("enhancer", enh), ("voice", voice))}
+    backends = LocalBackends.build(settings)
+    stages = backends.stages(settings, workers)
+    report = backends.report()
 
     async def readiness() -> dict[str, Any]:
         return report

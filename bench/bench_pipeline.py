@@ -35,19 +35,16 @@ import cv2
 import numpy as np
 
 from actors.launch import parse_sets
-from bench.common import BenchClient, ServeApp, load_line, machine_lines, p50_p95, serve_app
+from bench.common import BenchClient, LocalBackends, ServeApp, load_line, machine_lines, p50_p95, serve_app
 from mirage_ray import protocol
-from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
 from mirage_ray.codec import decode_image, encode_jpeg
 from mirage_ray.config import MirageSettings
-from mirage_ray.models import ModelRegistry
 from mirage_ray.protocol import Kind, Media
 from mirage_ray.session import Session
 from mirage_ray.stages import StageInfo
 from mirage_ray.vision.faces import Face, largest_faces
 from mirage_ray.vision.tracker import FaceTracker
 from mirage_ray.voice.convert_shift import ShiftConverter
-from tests import hostile
 from tests.media import insightface_image, moving_face_frames
 
 PINNED_FPS = 1.0  # see the module docstring: keeps the degrade ladder and the FPS gate out of the measurement
@@ -86,9 +83,9 @@ def reference_png() -> bytes:
 
 
 # --- (a) stages in-process ----------------------------------------------------------------------------------------
-def stage_costs(settings: MirageSettings, backends: dict[str, Any], frames: list[bytes]) -> dict[str, float]:
+def stage_costs(settings: MirageSettings, backends: LocalBackends, frames: list[bytes]) -> dict[str, float]:
     """Prints the per-stage table; returns each stage's p50 ms and the mean compute per frame."""
-    detector, swapper = backends["detector"], backends["swapper"]
+    detector, swapper = backends.detector, backends.swapper
     reference = insightface_image("Tom_Hanks_54745.png")
     identity = swapper.identity(reference, largest_faces(detector.detect(reference), 1)[0])
     times: dict[str, list[float]] = {k: [] for k in ("decode", "gray", "detect", "track", "swap", "encode")}
@@ -135,9 +132,9 @@ def stage_costs(settings: MirageSettings, backends: dict[str, Any], frames: list
 
 
 # --- (b) the in-process Session baseline --------------------------------------------------------------------------
-async def in_process(settings: MirageSettings, backends: dict[str, Any], frames: list[bytes]) -> dict[str, Any]:
-    stages = hostile.local_stages(settings, backends)
-    report = {stage: {"ready": True, **choice.as_dict()} for stage, choice in backends["choices"].items()}
+async def in_process(settings: MirageSettings, backends: LocalBackends, frames: list[bytes]) -> dict[str, Any]:
+    stages = backends.stages(settings)
+    report = {stage: {"ready": True, **choice} for stage, choice in backends.report().items()}
     session = Session(settings, stages, StageInfo.from_report(report, ShiftConverter.name))
     reply = await session.on_reference(Media(Kind.REFERENCE, 0, 0, reference_png()))
     if not reply[0].get("ok"):
@@ -227,14 +224,14 @@ def _face_roi(image: np.ndarray, face: Face) -> tuple[np.ndarray, Face]:
     return np.ascontiguousarray(image[top:bottom, left:right]), moved
 
 
-def hop_profile(app: ServeApp, backends: dict[str, Any], frame: bytes) -> None:
+def hop_profile(app: ServeApp, backends: LocalBackends, frame: bytes) -> None:
     """Handle round trips from a driver attached to the bench's own Ray head, next to the same calls in-process."""
     import ray
     from ray import serve
 
     from mirage_ray.stage_api import DetectRequest, SwapRequest
 
-    detector, swapper = backends["detector"], backends["swapper"]
+    detector, swapper = backends.detector, backends.swapper
     image = decode_image(frame, 4096 * 4096)
     reference = insightface_image("Tom_Hanks_54745.png")
     identity = swapper.identity(reference, largest_faces(detector.detect(reference), 1)[0])
@@ -353,26 +350,10 @@ def main() -> int:
         print(line)
     sets = [f"video_fps={PINNED_FPS}", f"onnx_threads={args.onnx_threads}", *args.set]
     settings = MirageSettings(**parse_sets(sets))
-    registry = ModelRegistry(settings)
-    detector, detector_choice = build_detector(settings, registry)
-    swapper, swapper_choice = build_swapper(settings, registry)
-    enhancer, enhancer_choice = build_enhancer(settings, registry)
-    converter, fallback, voice_choice = build_converters(settings, registry)
-    backends = {
-        "detector": detector,
-        "swapper": swapper,
-        "enhancer": enhancer,
-        "converter": converter,
-        "fallback": fallback,
-        "choices": {
-            "detector": detector_choice,
-            "swapper": swapper_choice,
-            "enhancer": enhancer_choice,
-            "voice": voice_choice,
-        },
-    }
+    backends = LocalBackends.build(settings)
     print(
-        f"backends: detector {detector.name}, swapper {swapper.name}, enhancer {enhancer_choice.name};"
+        f"backends: detector {backends.detector.name}, swapper {backends.swapper.name},"
+        f" enhancer {backends.choices['enhancer'].name};"
         f" settings for both paths: {' '.join(sets)} (onnx_threads=0: onnxruntime default)"
     )
     frames = moving_face_frames(args.frames + WARMUP_FRAMES)[WARMUP_FRAMES:]

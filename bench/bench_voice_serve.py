@@ -50,14 +50,12 @@ def _ms(seconds: float) -> float:
 
 
 def _stream(settings: MirageSettings, block_ms: int, crossfade: bool | None = None) -> VoiceStream:
-    return VoiceStream(
-        sample_rate=SAMPLE_RATE,
-        block_ms=block_ms,
-        context_ms=settings.context_ms,
-        crossfade_ms=settings.crossfade_ms,
-        crossfade=settings.crossfade if crossfade is None else crossfade,
-        gate_db=settings.gate_db,
-    )
+    """The session's stream for WORLD at ``block_ms`` (crossfade on/off as asked, else as the settings say)."""
+    changes: dict[str, object] = {"chunk_ms": block_ms}
+    if crossfade is not None:
+        changes["crossfade"] = crossfade
+    context_ms = settings.context_ms if settings.context_ms is not None else WorldConverter.context_ms
+    return VoiceStream.from_settings(settings.model_copy(update=changes), context_ms)
 
 
 # --- in-process WORLD across the ladder ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import numpy as np
@@ -27,6 +27,13 @@ import websockets
 from actors.launch import launched
 from mirage_ray import protocol
 from mirage_ray.codec import encode_jpeg, float_to_pcm16
+
+if TYPE_CHECKING:
+    from mirage_ray.backends import Choice
+    from mirage_ray.config import MirageSettings
+    from mirage_ray.stages import LocalStages, Workers
+    from mirage_ray.vision.base import Detector, Enhancer, Swapper
+    from mirage_ray.voice.base import VoiceConverter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_CONFIG = REPO_ROOT / "serve_config.cpu.yaml"
@@ -98,6 +105,41 @@ def serve_app(config: Path = CPU_CONFIG, sets: Sequence[str] = (), num_cpus: int
             ray_address=ready["ray_address"],
             start_s=time.monotonic() - started,
         )
+
+
+# --- every stage in this process, no Ray (bench_capacity, bench_mouth_to_ear, bench_pipeline) -------------------------
+@dataclass(frozen=True)
+class LocalBackends:
+    """Each stage's backend as the registry chooses it from the settings, built in this process."""
+
+    detector: Detector
+    swapper: Swapper
+    enhancer: Enhancer
+    converter: VoiceConverter
+    fallback: VoiceConverter
+    choices: dict[str, Choice]  # by stage: detector, swapper, enhancer, voice
+
+    @classmethod
+    def build(cls, settings: MirageSettings) -> LocalBackends:
+        from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
+        from mirage_ray.models import ModelRegistry
+
+        registry = ModelRegistry(settings)
+        converter, fallback, voice = build_converters(settings, registry)
+        detector, detector_choice = build_detector(settings, registry)
+        swapper, swapper_choice = build_swapper(settings, registry)
+        enhancer, enhancer_choice = build_enhancer(settings, registry)
+        choices = {"detector": detector_choice, "swapper": swapper_choice, "enhancer": enhancer_choice, "voice": voice}
+        return cls(detector, swapper, enhancer, converter, fallback, choices)
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Each stage's choice as the readiness report gives it (name, reason, fallback)."""
+        return {stage: choice.as_dict() for stage, choice in self.choices.items()}
+
+    def stages(self, settings: MirageSettings, workers: Workers | None = None) -> LocalStages:
+        from mirage_ray.stages import LocalStages
+
+        return LocalStages(settings, self.detector, self.swapper, self.enhancer, self.converter, self.fallback, workers)
 
 
 # --- a protocol-v1 client -----------------------------------------------------------------------------------------

@@ -125,10 +125,12 @@ class MirageSettings(BaseSettings):
     chunk_ms: int = Field(80, ge=40, le=1000, description="voice block the server starts at, ms")
     min_chunk_ms: int = Field(80, ge=40, le=1000)
     max_chunk_ms: int = Field(480, ge=40, le=1000)
-    context_ms: int = Field(384, ge=0, le=3000)
-    # crossfade + SOLA search = the converter's hold-back (pure delay); 20 + 5 ms still removes boundary clicks
-    crossfade_ms: int = Field(20, ge=0, le=200, description="sin² crossfade at block joins, ms")
-    sola_search_ms: int = Field(5, ge=0, le=50, description="how far SOLA may slide a block to match the last, ms")
+    # left context per voice window; unset: what the voice backends need (WORLD 128 ms, RVC 384 ms: their modules)
+    context_ms: int | None = Field(None, ge=0, le=3000, description="left context per voice window, ms")
+    # crossfade + SOLA search = the converter's hold-back (pure delay); 10 + 3 ms still removes boundary clicks
+    # (click score 0.88 at 80 ms blocks, ~1 = clean; 6.7 without the join; docs/benchmarks.md)
+    crossfade_ms: int = Field(10, ge=0, le=200, description="sin² crossfade at block joins, ms")
+    sola_search_ms: int = Field(3, ge=0, le=50, description="how far SOLA may slide a block to match the last, ms")
     crossfade: bool = True
     gate_db: float = Field(-50.0, ge=-120.0, le=0.0)
     voice: VoiceChoice = "auto"

@@ -31,6 +31,7 @@ from mirage_ray.metrics import MetricsSink, SessionMetrics, SessionSummary
 from mirage_ray.protocol import FLAG_PASSTHROUGH, ErrorCode, Kind, Media, ProtocolError
 from mirage_ray.reference import choose_reference_face
 from mirage_ray.security import FrameGuard, TokenBucket
+from mirage_ray.session_stats import AudioState, FpsWindow, build_stats_message
 from mirage_ray.stages import StageInfo, Stages, Workers
 from mirage_ray.sync import AvSync
 from mirage_ray.vision.align import FFHQ_TEMPLATE_512, face_mask, paste_back, warp_face
@@ -39,7 +40,7 @@ from mirage_ray.vision.faces import Face, SourceIdentity, face_region, translate
 from mirage_ray.vision.mask import TrackConfirmation, mask_faces
 from mirage_ray.vision.smooth import FaceSmoother
 from mirage_ray.vision.tracker import FaceTracker
-from mirage_ray.voice.base import SAMPLE_RATE
+from mirage_ray.voice.base import SAMPLE_RATE, VoiceConverter
 from mirage_ray.voice.convert_shift import ShiftConverter
 from mirage_ray.voice.stream import VoiceStream, VoiceWindow, usable_output
 
@@ -52,6 +53,14 @@ US_PER_S = 1_000_000
 DROP_PAUSED = "paused"
 # what became of an audio block
 SILENT, CONVERTED, TIMED_OUT, FAILED, LATE = "silent", "converted", "timed_out", "failed", "late"
+
+
+def voice_context_ms(settings: MirageSettings, info: StageInfo, fail_closed: VoiceConverter) -> int:
+    """The left context of the session's voice windows: the configured one, else what the voice stage's converters
+    and the ingress's own fail-closed converter need."""
+    if settings.context_ms is not None:
+        return settings.context_ms
+    return max(info.voice_context_ms, fail_closed.context_ms)
 
 
 class Session:
@@ -90,21 +99,13 @@ class Session:
         self._sync = AvSync()
         self._video_timeout_s = settings.video_stage_timeout_ms / 1000.0
         # audio
-        self._voice = VoiceStream(
-            sample_rate=SAMPLE_RATE,
-            block_ms=settings.chunk_ms,
-            context_ms=settings.context_ms,
-            crossfade_ms=settings.crossfade_ms,
-            search_ms=settings.sola_search_ms,
-            crossfade=settings.crossfade,
-            gate_db=settings.gate_db,
-        )
-        self._audio = AudioPolicy.from_settings(settings)
         self._shift = ShiftConverter()
+        self._voice = VoiceStream.from_settings(settings, voice_context_ms(settings, info, self._shift))
+        self._audio = AudioPolicy.from_settings(settings)
         self.audio_failed = False
         self.metrics = SessionMetrics(self.id, clock(), sink)
         self.last_summary: SessionSummary | None = None
-        self._last_stats = (clock(), 0, 0)  # (time, frames in, frames out) at the previous stats message
+        self._fps_window = FpsWindow(clock())  # restarted by each stats message
         self.samples_in = 0
         self.samples_out = 0
         self.audio_late_blocks = 0
@@ -495,32 +496,25 @@ class Session:
         starts here)."""
         now = self._clock()
         message = self.stats_snapshot(now)
-        self._last_stats = (now, message["frames"]["in"], message["frames"]["out"])
+        self._fps_window.restart(now, message["frames"]["in"], message["frames"]["out"])
         return message
 
     def stats_snapshot(self, now: float | None = None) -> dict[str, Any]:
         """The same body for an observer (GET /v1/stats): fps since the session's last ``stats`` message, whose
         window it leaves alone, so polling never changes what the session reports."""
-        body = self.metrics.stats()
-        now = self._clock() if now is None else now
-        last_t, last_in, last_out = self._last_stats
-        elapsed = now - last_t
-        frames_in, frames_out = body["frames"]["in"], body["frames"]["out"]
-        body["fps_in"] = round((frames_in - last_in) / elapsed, 2) if elapsed > 0 else 0.0
-        body["fps_out"] = round((frames_out - last_out) / elapsed, 2) if elapsed > 0 else 0.0
-        body["runtime_ratio"] = body["ratio"]["audio"]  # the voice's runtime/real (the seed's ratio)
-        body["audio"].update(
-            chunk_ms=self._audio.chunk_ms,
-            samples_in=self.samples_in,
-            samples_out=self.samples_out,
-            late_blocks=self.audio_late_blocks,
-            failed=self.audio_failed,
+        audio = AudioState(
+            self._audio.chunk_ms, self.samples_in, self.samples_out, self.audio_late_blocks, self.audio_failed
         )
-        body["video"] = self._video.level.as_directive()
-        body["fail_closed"] = dict(self._fail_closed_count)
-        body["stage_failures"] = dict(self._stage_failures)
-        body["controller"] = "ok" if self._controller_ok else "unreachable (local rules)"
-        return protocol.stats(body)
+        return build_stats_message(
+            self.metrics.stats(),
+            self._fps_window,
+            self._clock() if now is None else now,
+            audio=audio,
+            video=self._video.level.as_directive(),
+            fail_closed=self._fail_closed_count,
+            stage_failures=self._stage_failures,
+            controller_ok=self._controller_ok,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The compact summary pushed to the controller (plain data); also kept for GET /v1/stats."""

@@ -43,10 +43,22 @@ class IdentityMiss:
     key: str
 
 
-def _check_image(image: object, what: str = "image") -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"{what} must be a BGR uint8 array (H, W, 3), got {type(image).__name__} {shape}")
+def _check_array(
+    value: object, what: str, dtype: type[np.generic], shape: tuple[int | None, ...], expected: str
+) -> None:
+    """``value`` must be an ndarray of ``dtype`` whose shape matches ``shape`` (None: any size on that axis);
+    ``expected`` says so in the error."""
+    if (
+        not isinstance(value, np.ndarray)
+        or value.dtype != dtype
+        or value.ndim != len(shape)
+        or any(want is not None and got != want for got, want in zip(value.shape, shape, strict=True))
+    ):
+        raise ValueError(f"{what} must be {expected}, got {type(value).__name__} {getattr(value, 'shape', None)}")
+
+
+def _check_image(image: object) -> None:
+    _check_array(image, "image", np.uint8, (None, None, 3), "a BGR uint8 array (H, W, 3)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,8 +129,7 @@ class RestoreRequest:
     fidelity: float
 
     def __post_init__(self) -> None:
-        if not isinstance(self.crops, np.ndarray) or self.crops.dtype != np.uint8 or self.crops.ndim != 4:
-            raise ValueError(f"crops must be a uint8 array (N, 512, 512, 3), got {getattr(self.crops, 'shape', None)}")
+        _check_array(self.crops, "crops", np.uint8, (None, None, None, None), "a uint8 array (N, 512, 512, 3)")
         if not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"fidelity must be in [0, 1], got {self.fidelity}")
 
@@ -137,8 +148,7 @@ class ConvertRequest:
     fallback: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.window, np.ndarray) or self.window.dtype != np.float32 or self.window.ndim != 1:
-            raise ValueError(f"window must be a float32 mono array, got {getattr(self.window, 'shape', None)}")
+        _check_array(self.window, "window", np.float32, (None,), "a float32 mono array")
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,6 +20,8 @@ from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import VoiceConverter, VoiceParams
 
 T = TypeVar("T")
+# a voice stage that does not report its need gets the most any backend needs (RVC's)
+DEFAULT_VOICE_CONTEXT_MS = 384
 DEFAULT_SWAP_MARGIN = 0.2  # context a bbox-local swapper gets unless it declares its own ``context_margin``
 
 
@@ -45,6 +47,7 @@ class StageInfo:
     voices: tuple[str, ...] = ()  # model voices the voice stage offers (presets come on top)
     fallback_converter: str = "the fallback converter"  # what the voice stage switches to on audio failure
     fail_closed_converter: str = "pitch-shift"  # what the ingress runs itself when the voice stage cannot answer
+    voice_context_ms: int = DEFAULT_VOICE_CONTEXT_MS  # the left context the voice stage's converters need
     report: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -59,6 +62,7 @@ class StageInfo:
             enhancer_available=not report.get("enhancer", {}).get("fallback", True),
             voices=voices,
             fallback_converter=str(voice.get("fallback_converter", cls.fallback_converter)),
+            voice_context_ms=int(voice.get("context_ms", cls.voice_context_ms)),
             fail_closed_converter=fail_closed_converter,
             report={**report, "voices": list(voices), "fail_closed_converter": fail_closed_converter},
         )

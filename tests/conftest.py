@@ -68,8 +68,8 @@ def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
         # to the next test. Admission by capacity stays on (tests/integration/test_capacity.py); the live rule is
         # tested without Ray (tests/unit/test_admission.py, tests/unit/actors/test_actors_controller.py)
         "admission_live_load=false",
-        # the A10G profile starts its voice block at 80 ms, sized for conversion on a GPU; WORLD on these CPUs costs
-        # 1.6-1.9x more at 80 ms than at 192 and runs over budget (docs/benchmarks.md), so the CPU-hosted test app
+        # the A10G profile starts its voice block at 80 ms, sized for a machine with cores to spare; on these two
+        # shared cores the Voice round trip's jitter is over an 80 ms block's deadline, so the CPU-hosted test app
         # starts at the CPU profile's block (serve_config.cpu.yaml)
         "chunk_ms=192",
         # the CPU runs the models here: budgets the controller never calls saturated, so the slowed-stage test sees

@@ -27,6 +27,14 @@ class Detector(Protocol):
         ...
 
 
+def check_detector_thresholds(score_threshold: float, nms_threshold: float) -> None:
+    """A detector's score threshold must lie in (0, 1) and its NMS IoU threshold in (0, 1]."""
+    if not 0.0 < score_threshold < 1.0:
+        raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
+    if not 0.0 < nms_threshold <= 1.0:
+        raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+
+
 @runtime_checkable
 class Swapper(Protocol):
     """Builds an identity from a reference face, and swaps it onto target faces."""

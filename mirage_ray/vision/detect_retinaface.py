@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from mirage_ray.onnx_session import open_session
+from mirage_ray.vision.base import check_detector_thresholds
 from mirage_ray.vision.faces import Face
 
 logger = logging.getLogger(__name__)
@@ -76,19 +78,10 @@ def make_session(
     threads: int | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session for ``model`` (bytes or path) with ``threads`` intra-op threads (None: ORT default)."""
-    options = ort.SessionOptions()
-    # no busy-waiting worker threads: on a few shared cores they burn the CPU the other replicas need
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     source = model if isinstance(model, bytes) else os.fspath(model)
     if not isinstance(source, bytes) and not os.path.isfile(source):
         raise FileNotFoundError(f"RetinaFace model file not found: {source}")
-    return ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
+    return open_session(source, providers, threads)
 
 
 @lru_cache(maxsize=16)
@@ -161,10 +154,7 @@ class RetinaFaceDetector:
         default: the embedded model. ``det_size``: the longest side images are resized to before inference."""
         if det_size < 32:
             raise ValueError(f"det_size must be >= 32 pixels, got {det_size}")
-        if not 0.0 < score_threshold < 1.0:
-            raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
-        if not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        check_detector_thresholds(score_threshold, nms_threshold)
         if isinstance(model, ort.InferenceSession):
             session = model
         else:

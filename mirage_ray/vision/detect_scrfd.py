@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from mirage_ray.onnx_session import open_session
+from mirage_ray.vision.base import check_detector_thresholds
 from mirage_ray.vision.faces import Face
 
 logger = logging.getLogger(__name__)
@@ -45,10 +47,7 @@ class ScrfdDetector:
         ``det_size``: side of the square the image is letterboxed into (multiple of 32)."""
         if det_size < MIN_DET_SIZE_PX or det_size % 32:
             raise ValueError(f"det_size must be a multiple of 32 and >= {MIN_DET_SIZE_PX}, got {det_size}")
-        if not 0.0 < score_threshold < 1.0:
-            raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
-        if not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        check_detector_thresholds(score_threshold, nms_threshold)
         from insightface.model_zoo.scrfd import SCRFD  # heavy import (~1 s), only when this backend is chosen
 
         if isinstance(model, ort.InferenceSession):
@@ -59,7 +58,7 @@ class ScrfdDetector:
                 raise FileNotFoundError(
                     f"SCRFD model not found at {model_file}; fetch it with `mirage-ray models fetch`"
                 )
-            session = _make_session(model_file, providers, threads)
+            session = open_session(model_file, providers, threads)
         outputs = session.get_outputs()
         if len(outputs) != SCRFD_KPS_OUTPUTS:
             raise ValueError(
@@ -99,16 +98,3 @@ class ScrfdDetector:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces per image (det_10g takes batch 1, so one run per image)."""
         return [self.detect(image) for image in images]
-
-
-def _make_session(model_file: str, providers: Sequence[str] | None, threads: int | None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    # no busy-waiting worker threads: on a few shared cores they burn the CPU the other replicas need
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(model_file, options, providers=list(providers or ["CPUExecutionProvider"]))

@@ -9,9 +9,8 @@ from mirage_ray.vision.landmarks_dlib import LEFT_EYE, OUTER_LIPS, RIGHT_EYE, tr
 
 # Tuned on tests/media.py IDENTITY_TUNING_CASES (never on the held-out set; docs/benchmarks.md, identity).
 SHAPE_TRANSFER = 1.0  # how far the target's landmarks move to the source's geometry (0: none, 1: all of it)
-SHAPE_FADE_TURN = (0.4, 0.7)  # the transfer fades from full to none over this range of the target's head turn
+SHAPE_FADE_TURN = (0.5, 0.8)  # the transfer fades from full to none over this range of the target's head turn
 PLACEMENT_POINTS = np.r_[27:48]  # nose and eyes: the similarity fit that places the source on the target
-SIDE_STRETCH_RANGE = (0.75, 1.33)  # clamp of each face side's horizontal stretch (a turned head's far side)
 EYES = (LEFT_EYE, RIGHT_EYE)
 EYE_OPENNESS_RANGE = (0.0, 2.5)  # clamp of the factor that gives the source's eye the target's opening
 MOUTH = slice(48, 68)  # outer and inner lips
@@ -48,24 +47,13 @@ def head_turn(landmarks: np.ndarray) -> float:
 
 
 def placed_source(target: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """The source's 68 landmarks placed on the target's: a similarity fit of eyes and nose, then each side of the
-    face (left and right of the nose bridge, along the eye line) stretched as the target's outer eye corners say.
+    """The source's 68 landmarks placed on the target's by a similarity fit of eyes and nose.
 
-    Only the imbalance between the sides is applied, so the source's own proportions stay while the far side of a
-    turned head is foreshortened.
+    The source keeps its own proportions on both sides of the face. (Stretching each side as the target's outer eye
+    corners say, to foreshorten a turned head's far side, gave the source the target's own asymmetry, and a wink's
+    squeezed eye corner, as much as its pose: farther from the reference on both sets, docs/benchmarks.md.)
     """
-    placed = transform_points(source, fit_similarity(source[PLACEMENT_POINTS], target[PLACEMENT_POINTS]))
-    across = _unit(target[45] - target[36])
-    down = np.array([-across[1], across[0]], np.float32)
-    spans_target = (target[[36, 45]] - target[27]) @ across
-    spans_placed = (placed[[36, 45]] - placed[27]) @ across
-    ratio = spans_target / np.where(np.abs(spans_placed) > 1e-3, spans_placed, 1e-3)
-    stretch = np.clip(ratio / max(float(ratio.mean()), 1e-6), *SIDE_STRETCH_RANGE)
-    offset = placed - placed[27]
-    along, below = offset @ across, offset @ down
-    along = np.where(along < 0, along * stretch[0], along * stretch[1])
-    origin = placed[27] + float((target[27] - placed[27]) @ across) * across
-    return (origin + along[:, None] * across + below[:, None] * down).astype(np.float32)
+    return transform_points(source, fit_similarity(source[PLACEMENT_POINTS], target[PLACEMENT_POINTS]))
 
 
 def eye_openness(eye: np.ndarray) -> float:

@@ -2,7 +2,7 @@
 
 Per target face, inside a ring around it only:
 - shape: the target's landmarks take the source's face geometry (jaw, cheeks, brows, nose; eye and mouth placement),
-  placed on the target by a similarity fit of eyes and nose with each side stretched as the target's head is turned;
+  placed on the target by a similarity fit of eyes and nose (the source keeps its own proportions);
   the target's expression stays: how open each eye is, the mouth's own shape (opening, smile) and the chin's drop;
 - the target image is morphed to that shape (its jaw line, cheeks and the background next to them move with it), and
   the source face's texture is warped onto it triangle by triangle;
@@ -56,7 +56,7 @@ MAP_STEP_PX = 2  # the warp maps are computed every this many pixels, then inter
 EDGE_FADE_PX = 6.0  # the morph fades out over this distance from the image's own border
 
 # Mask and colour.
-MASK_ERODE_FRACTION = 0.0  # hull erosion (besides half the feather; < 0 grows it), as a fraction of the face size
+MASK_ERODE_FRACTION = -0.03  # hull erosion (besides half the feather; < 0 grows it: the feather straddles the hull)
 MASK_FEATHER_FRACTION = 0.06  # feather (blur) width, as a fraction of the face size
 MOUTH_KEEP_FRACTION = 0.015  # inner-lip polygon grown by this fraction of the face size before its own feather
 STD_RATIO_RANGE = (0.5, 2.0)  # clamp of the LAB std ratio in the colour transfer
@@ -210,21 +210,37 @@ def warp_maps(
     return to_source_map, to_target_map
 
 
+def blend_outline(points: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """The blend mask's polygon before its blur: the face hull scaled about its centre by :data:`MASK_ERODE_FRACTION`
+    of the face size (less half the feather, so that by default the feather stays inside), with the face size (px)
+    and the feather (odd blur width, px)."""
+    hull = mask_polygon(points)
+    area = max(float(cv2.contourArea(hull)), 1.0)
+    face_size = float(np.sqrt(area))
+    feather = max(3, int(round(face_size * MASK_FEATHER_FRACTION))) | 1
+    inset = int(round(face_size * MASK_ERODE_FRACTION)) + feather // 2
+    centre = hull.mean(axis=0)
+    radius = max(float(np.sqrt(area / np.pi)), 1.0)
+    return (centre + (hull - centre) * max(0.0, 1.0 - inset / radius)).astype(np.float32), face_size, feather
+
+
+def mask_box(points: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The box (clipped to the image) holding every pixel that :func:`blend_weight` can weigh, or None."""
+    outline, _, feather = blend_outline(points)
+    reach = feather // 2 + 1
+    return face_roi(np.array([outline.min(axis=0) - reach, outline.max(axis=0) + reach], np.float32), shape)
+
+
 def blend_weight(points: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
-    """Float32 ROI weight: 1 inside the face hull (feathered inwards), 0 outside it and inside the target's mouth."""
+    """Float32 ROI weight: 1 inside the face hull, feathered across its edge (:func:`blend_outline`), 0 outside it
+    and inside the target's mouth."""
     x1, y1, x2, y2 = roi
     shape = (y2 - y1, x2 - x1)
     offset = np.array([x1, y1], np.float32)
-    hull = mask_polygon(points) - offset
-    face_size = float(np.sqrt(max(cv2.contourArea(hull), 1.0)))
+    outline, face_size, feather = blend_outline(points)
     shift = 4
-    feather = max(3, int(round(face_size * MASK_FEATHER_FRACTION))) | 1
-    inset = int(round(face_size * MASK_ERODE_FRACTION)) + feather // 2  # (by default) the feather stays inside
-    centre = hull.mean(axis=0)
-    radius = max(float(np.sqrt(cv2.contourArea(hull) / np.pi)), 1.0)
-    shrunk = centre + (hull - centre) * max(0.0, 1.0 - inset / radius)
     mask = np.zeros(shape, np.uint8)
-    cv2.fillConvexPoly(mask, np.round(shrunk * (1 << shift)).astype(np.int32), 255, cv2.LINE_8, shift)
+    cv2.fillConvexPoly(mask, np.round((outline - offset) * (1 << shift)).astype(np.int32), 255, cv2.LINE_8, shift)
     mask = cv2.GaussianBlur(mask, (feather, feather), 0)
 
     mouth = np.zeros(shape, np.uint8)
@@ -428,7 +444,7 @@ class ClassicalSwapper:
         x1, y1, x2, y2 = roi
         to_source, to_target = warp_maps(dst_points, src_points, tgt_points, triangles, roi, out.shape)
         morphed = cv2.remap(out, to_target, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        face_box = face_roi(mask_polygon(dst_points[:NUM_FACE_POINTS]), out.shape)
+        face_box = mask_box(dst_points[:NUM_FACE_POINTS], out.shape)
         if face_box is not None:
             fx1, fy1, fx2, fy2 = (
                 max(face_box[0], x1),

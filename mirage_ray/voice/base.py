@@ -26,5 +26,6 @@ class VoiceConverter(Protocol):
     """float32 mono 16 kHz window in [-1, 1] -> converted window of the same length."""
 
     name: str
+    context_ms: int  # left context a window needs for its new block to convert as in the whole utterance
 
     def convert(self, window: np.ndarray, params: VoiceParams) -> np.ndarray: ...

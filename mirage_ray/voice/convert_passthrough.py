@@ -12,6 +12,7 @@ class PassthroughConverter:
     """Identity converter (diagnostics only: the speaker's real voice goes out)."""
 
     name = "passthrough"
+    context_ms = 0
 
     def convert(self, window: np.ndarray, params: VoiceParams) -> np.ndarray:
         """A float32 copy of ``window``; ``params`` are ignored."""

@@ -51,6 +51,9 @@ GENERATOR_FRAME_RATE = 100  # generator output frames per second
 KNOWN_OUTPUT_RATES = (32_000, 40_000, 48_000)
 RATE_SNAP_TOLERANCE = 0.02
 NOISE_CHANNELS = 192
+# left context per window: the content encoder's features (and the generator's attention) want a few hundred ms of
+# speech before the new block; RVC's realtime tools use 0.5-2.5 s, this project's streaming tests run at 384 ms
+CONTEXT_MS = 384
 OUTPUT_PEAK_LIMIT = 4.0  # |sample| above this is not speech: a numerics failure
 RESAMPLE_QUALITY = "HQ"
 
@@ -233,6 +236,7 @@ class RvcConverter:
     """RVC on onnxruntime; implements :class:`mirage_ray.voice.base.VoiceConverter`."""
 
     name = "rvc"
+    context_ms = CONTEXT_MS
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ class ShiftConverter:
     """Stateless pitch shift of a whole window (the tail is what the voice stream keeps; SOLA joins the blocks)."""
 
     name = "pitch-shift"
+    context_ms = round(2 * GRAIN_MS)  # two grains: the taps read up to one grain back
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, grain_ms: float = GRAIN_MS) -> None:
         self._grain = max(2, round(sample_rate * grain_ms / 1000.0))

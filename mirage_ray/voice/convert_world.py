@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 F0_FLOOR_HZ = 60.0  # lowest voice F0 we track (deep male voices)
 F0_CEIL_HZ = 800.0  # highest (children, singing)
+# left context per window: DIO, CheapTrick and D4C look at most ~3 F0 periods (50 ms at the 60 Hz floor) around a
+# frame; 128 ms keeps pitch (-387 vs -392 cents for -400 at 384 ms) and the log-spectral distance to the offline
+# conversion (4.8 vs 4.5 dB) and halves WORLD's CPU at 80 ms blocks (0.17 vs 0.37 CPU-s/s; docs/benchmarks.md)
+CONTEXT_MS = 128
 DIO_SPEED = 2  # DIO decimation: 2 halves its cost with no audible change at 16 kHz
 SILENCE_RMS = 1e-5  # a window this quiet is returned as zeros (WORLD is ill-conditioned on digital silence)
 FORMANT_RANGE = field_range("formant_shift")  # allowed envelope warp factors
@@ -59,6 +63,7 @@ class WorldConverter:
     """pyworld analysis / modification / synthesis; same-length float32 window out."""
 
     name = "world"
+    context_ms = CONTEXT_MS
 
     def __init__(
         self,

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from mirage_ray.onnx_session import open_session
+
 logger = logging.getLogger(__name__)
 
-CPU_PROVIDER = "CPUExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 _ORT_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -55,12 +56,6 @@ def make_session(
     path = Path(model)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
-    options = ort.SessionOptions()
-    # no busy-waiting worker threads: on a few shared cores they burn the CPU the other replicas need
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=list(providers or [CPU_PROVIDER]))
+    session = open_session(str(path), providers, threads or None)
     logger.info("loaded %s with %s", path.name, session.get_providers())
     return session

@@ -27,10 +27,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mirage_ray.protocol import AUDIO_FRAME_MS
+from mirage_ray.voice.base import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from mirage_ray.config import MirageSettings
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +139,20 @@ class VoiceStream:
         self._saved = np.zeros(self.xfade, dtype=np.float32)
         self._issued = 0
         self._completed = 0
+
+    @classmethod
+    def from_settings(cls, settings: MirageSettings, context_ms: int) -> VoiceStream:
+        """A session's stream at the wire's rate: block, crossfade, SOLA search and gate from ``settings``;
+        ``context_ms`` from the caller (the configured one, else what the converters need)."""
+        return cls(
+            sample_rate=SAMPLE_RATE,
+            block_ms=settings.chunk_ms,
+            context_ms=context_ms,
+            crossfade_ms=settings.crossfade_ms,
+            crossfade=settings.crossfade,
+            gate_db=settings.gate_db,
+            search_ms=settings.sola_search_ms,
+        )
 
     # -- configuration -------------------------------------------------------------------------------------------
     def _check_block(self, block_ms: int) -> int:

@@ -29,7 +29,7 @@ MIN_SPEECH_RMS = 0.01  # -40 dBFS: the espeak-ng WAV is speech, a missing fake-a
 MAX_AV_SKEW_P99_MS = 150  # the goal: picture within 150 ms of its sound at playout (p99)
 # Mouth-to-ear (capture of a block's first sample -> that sample, converted, heard). The goal is 200 ms: the
 # server's block (80 ms with the embedded defaults) + the wait for the completing chunk (0: one chunk per block, lined
-# up with the blocks) + conversion and transport + the converter's hold-back (crossfade 20 + SOLA search 5 ms) + the
+# up with the blocks) + conversion and transport + the converter's hold-back (crossfade 10 + SOLA search 3 ms) + the
 # playout queue (20 ms margin + arrival jitter) + the output latency (~41 ms in headless Chromium; 11.6 ms with the
 # opt-in low-latency output) + the lip-sync hold when the picture is slower than the voice.
 # Against the echo server (its directed block: 80 ms like the real server's, returned at once, no hold-back) what is

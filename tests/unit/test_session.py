@@ -674,3 +674,37 @@ async def test_the_swapper_gets_the_context_it_declares(
         assert region.shape[1] <= min(512, (box[2] - box[0]) + 2 * margin * size + 2)
         sizes.append(region.shape[0] * region.shape[1])
     assert sizes[1] > 1.5 * sizes[0]
+
+
+class _WindowLengths(PassthroughConverter):
+    """Passthrough that records the length of every window it converts."""
+
+    def __init__(self) -> None:
+        self.lengths: list[int] = []
+
+    def convert(self, window: np.ndarray, params: VoiceParams) -> np.ndarray:
+        self.lengths.append(len(window))
+        return super().convert(window, params)
+
+
+@pytest.mark.parametrize(
+    ("voice_report", "configured_ms", "expected_ms"),
+    [
+        ({"context_ms": WorldConverter.context_ms}, None, 128),  # the embedded default's own need
+        ({}, None, 384),  # a voice stage that does not say: the most any backend needs
+        ({"context_ms": 0}, None, 80),  # a converter that needs none: the fail-closed shift's two grains
+        ({"context_ms": 128}, 300, 300),  # configured: the operator's value
+    ],
+)
+async def test_voice_windows_carry_the_context_the_converters_need(
+    voiced: np.ndarray, voice_report: dict[str, int], configured_ms: int | None, expected_ms: int
+) -> None:
+    converter = _WindowLengths()
+    stages = ScriptedStages(FakeClock(), converter=converter)
+    info = StageInfo.from_report({"voice": voice_report}, "pitch-shift")
+    seed = {"chunk_ms": 192, "crossfade_ms": 40, "sola_search_ms": 10}
+    session = Session(
+        MirageSettings(context_ms=configured_ms, **seed), stages, info, session_id="c", clock=stages.clock
+    )
+    await session.on_audio(Media(Kind.AUDIO, 0, 0, float_to_pcm16(voiced[: 16 * 800])))
+    assert converter.lengths and set(converter.lengths) == {16 * (expected_ms + 192 + 40 + 10)}

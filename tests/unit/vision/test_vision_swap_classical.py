@@ -40,7 +40,9 @@ from mirage_ray.vision.landmarks_dlib import (
 from mirage_ray.vision.swap_classical import (
     CLASSICAL_NAME,
     ClassicalSwapper,
+    blend_weight,
     destination_points,
+    mask_box,
     morph_polygon,
 )
 
@@ -201,6 +203,22 @@ def test_the_targets_mouth_interior_is_kept(swapper, images, faces, hanks) -> No
     x1, y1, x2, y2 = face.bbox.astype(int)
     face_changed = np.any(swapped[y1:y2, x1:x2] != image[y1:y2, x1:x2], axis=2).mean()
     assert face_changed > 0.5
+
+
+def test_the_blend_mask_covers_the_hull_and_fades_out_inside_its_box(swapper, images, faces, hanks) -> None:
+    # the feather straddles the hull's edge: the box must hold all of it, or the face would end in a step there
+    target = swapper.target_landmarks(images["astronaut"], faces["astronaut"][0])
+    points = destination_points(target, hanks.extras["points"])[: hanks.extras["points"].shape[0] - 8]
+    box = mask_box(points, images["astronaut"].shape)
+    assert box is not None
+    weight = blend_weight(points, box)
+    edges = np.concatenate([weight[0], weight[-1], weight[:, 0], weight[:, -1]])
+    assert edges.max() < 0.02, edges.max()
+    x1, y1 = box[:2]
+    chin = np.round(points[8] - [x1, y1]).astype(int)  # on the hull's edge: half of the feather lies outside it
+    assert weight[chin[1], chin[0]] > 0.3, weight[chin[1], chin[0]]
+    nose = np.round(points[30] - [x1, y1]).astype(int)
+    assert weight[nose[1], nose[0]] == pytest.approx(1.0)
 
 
 def test_the_face_takes_the_sources_shape_and_keeps_the_targets_pose(swapper, images, faces, hanks) -> None:
