@@ -2,7 +2,8 @@
 
 Shutdown: Serve stops a replica by draining its ongoing requests (every WebSocket session is one, for its whole life)
 for up to ``graceful_shutdown_timeout_s``, then kills it; the replica's ``__del__`` runs only once the drain is over,
-too late to say goodbye. So each replica watches its application's status, and when Serve deletes the application
+too late to say goodbye. So each replica watches its application's status (the controller actor polls it; see
+``actors.controller.application_deleting``), and when Serve deletes the application
 (``serve.delete``, ``serve.shutdown``, the launcher's SIGTERM, a RayService update that drops it) it closes every
 session with 1001 after answering the audio it received (``ServerContext.shutdown``); the drain then ends at once.
 """
@@ -13,17 +14,16 @@ import asyncio
 import logging
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import ApplicationStatus
 from starlette.applications import Starlette
 
-from actors.controller import get_or_create_controller
+from actors.controller import application_deleting, get_or_create_controller
 from actors.metrics_sink import RayMetricsSink
 from mirage_ray.admission import LocalAdmission, Verdict
 from mirage_ray.backends import build_converters, build_detector, build_enhancer, build_swapper
@@ -241,25 +241,33 @@ class IngressDeployment:
         )
         logger.info("ingress ready; backends: %s", {k: v.get("name") for k, v in report.items()})
         app_name = serve.get_replica_context().app_name
-        self._shutdown_watch = asyncio.create_task(close_sessions_when_deleted(context, app_name))
+        self._shutdown_watch = asyncio.create_task(
+            close_sessions_when_deleted(context, app_name, self._controller_handle)
+        )
         return build_app(context)
 
 
-async def application_deleted(app_name: str) -> bool:
-    """Whether Serve is deleting ``app_name`` (an empty answer, e.g. no controller reachable, is not a deletion)."""
-    status = await asyncio.to_thread(serve.status)
-    app = status.applications.get(app_name)
-    return app is not None and app.status == ApplicationStatus.DELETING
+async def application_deleted(app_name: str, controller: Callable[[], Any]) -> bool:
+    """Whether Serve is deleting ``app_name``: the controller actor's answer (it polls ``serve.status()`` in its own
+    process; see ``actors.controller.application_deleting``), else Serve's own when the controller cannot say."""
+    try:
+        answer = await asyncio.wait_for(controller().deleting.remote(), ADMISSION_TIMEOUT_S)
+    except Exception as exc:  # the controller restarting: ask Serve directly this time
+        logger.debug("the controller could not say whether the app is being deleted: %s", exc)
+        answer = None
+    if answer is not None:
+        return bool(answer)
+    return application_deleting(await asyncio.to_thread(serve.status), app_name)
 
 
-async def close_sessions_when_deleted(context: ServerContext, app_name: str) -> None:
+async def close_sessions_when_deleted(context: ServerContext, app_name: str, controller: Callable[[], Any]) -> None:
     """Close every session of this replica with 1001 once Serve deletes the application (see the module doc)."""
     while True:
         await asyncio.sleep(SHUTDOWN_POLL_S)
         try:
-            if await application_deleted(app_name):
+            if await application_deleted(app_name, controller):
                 break
-        except Exception as exc:  # the controller restarting: look again next time
+        except Exception as exc:  # Serve's controller restarting: look again next time
             logger.debug("serve.status() failed: %s", exc)
     logger.info("application %s is being deleted: closing this replica's sessions", app_name)
     await context.shutdown()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from actors.controller import ControllerActor, running_replicas
+from ray.serve.schema import ApplicationStatus
+
+from actors.controller import ControllerActor, application_deleting, running_replicas
 
 
 def summary(sid: str, level: int) -> dict:
@@ -34,10 +36,12 @@ def test_a_released_session_no_longer_counts_even_if_a_late_push_arrives() -> No
 class FakeStatus:
     """The parts of ``serve.status()`` the controller reads."""
 
-    def __init__(self, running: int, starting: int = 0) -> None:
+    def __init__(
+        self, running: int, starting: int = 0, app_status: ApplicationStatus = ApplicationStatus.RUNNING
+    ) -> None:
         replica_states = {"RUNNING": running, "STARTING": starting}
         deployment = type("Deployment", (), {"replica_states": replica_states})()
-        app = type("App", (), {"deployments": {"Ingress": deployment}})()
+        app = type("App", (), {"deployments": {"Ingress": deployment}, "status": app_status})()
         self.applications = {"mirage": app}
 
 
@@ -60,3 +64,10 @@ def test_capacity_follows_the_ingress_replicas_and_load_shows_the_global_view() 
     assert (load["capacity"], load["max_sessions"], load["ingress_replicas"]) == (2, 4, 2)
     assert load["gpu_mem_fraction"] is None  # no GPU reported
     assert load["stages"]["Swapper"] == {"replicas": 1, "queue": 3, "gpu_mem_fraction": None}
+
+
+def test_the_controller_says_whether_serve_is_deleting_the_app() -> None:
+    assert application_deleting(FakeStatus(1, app_status=ApplicationStatus.DELETING), "mirage")
+    assert not application_deleting(FakeStatus(1), "mirage")
+    assert not application_deleting(FakeStatus(1, app_status=ApplicationStatus.DELETING), "other")  # absent app
+    assert ControllerActor(capacity=2).deleting() is None  # not watching Serve: the ingress asks Serve itself
