@@ -69,8 +69,8 @@ def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
         # tested without Ray (tests/unit/test_admission.py, tests/unit/actors/test_actors_controller.py)
         "admission_live_load=false",
         # the A10G profile starts its voice block at 80 ms, sized for a machine with cores to spare; on these two
-        # shared cores the Voice round trip's jitter is over an 80 ms block's deadline, so the CPU-hosted test app
-        # starts at the CPU profile's block (serve_config.cpu.yaml)
+        # shared cores 80 ms blocks keep the voice near its budget and the ladder takes video down for it, so the
+        # CPU-hosted test app starts at the CPU profile's block (serve_config.cpu.yaml)
         "chunk_ms=192",
         # the CPU runs the models here: budgets the controller never calls saturated, so the slowed-stage test sees
         # the session's own ladder (the controller's global rules are unit-tested in test_controller_policy.py)

@@ -36,7 +36,7 @@ def test_cpu_profile_is_the_same_application_without_gpus() -> None:
     assert (cpu_args.pop("onnx_threads"), cpu_args.pop("batch_wait_s")) == (1, 0.0)  # tuned for few shared cores
     assert cpu_args.pop("local_stages") == ["detect", "swap"]  # cheap embedded stages: no hop (docs/benchmarks.md)
     assert cpu_args.pop("embedded_det_size") < 512
-    # the Voice round trip's jitter on few shared cores is over an 80 ms block's deadline (serve_config.cpu.yaml)
+    # on two cores shared with video, 80 ms voice blocks cost the video its quality (serve_config.cpu.yaml)
     assert cpu_args.pop("chunk_ms") == 192 and "context_ms" not in cpu_args
     gpu_args = dict(gpu_app["args"])
     assert "local_stages" not in gpu_args  # the A10G profile keeps every model stage a GPU-fractional deployment
