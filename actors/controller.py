@@ -73,7 +73,7 @@ class ControllerActor:
         self._per_replica = sessions_per_replica
         self._app_name = app_name
         self.ingress_replicas: int | None = None  # None until counted (capacity is max_sessions meanwhile)
-        self._deleting: bool | None = None  # None until Serve's status was read
+        self._deleting: tuple[bool, float] | None = None  # (deleting, wall time the status was asked) once read
         self._pending: dict[str, Directive] = {}
         self._ended: dict[str, float] = {}  # released sessions -> when: a push still on its way is not a new session
         self.started_at = time.time()
@@ -85,9 +85,10 @@ class ControllerActor:
 
         while True:
             try:
+                asked_at = time.time()
                 status = serve.status()
                 self.ingress_replicas = running_replicas(status, self._app_name, INGRESS_DEPLOYMENT)
-                self._deleting = application_deleting(status, self._app_name)
+                self._deleting = (application_deleting(status, self._app_name), asked_at)
             except Exception as exc:  # Serve's controller restarting: keep the last count
                 logger.debug("serve.status() failed: %s", exc)
             time.sleep(REPLICA_POLL_S)
@@ -96,9 +97,14 @@ class ControllerActor:
         if self._per_replica is not None:
             self._admission.set_capacity(capacity_for(self.ingress_replicas, self._per_replica, self._max_sessions))
 
-    def deleting(self) -> bool | None:
-        """Whether Serve is deleting the application, as of the last poll (None: not watched, or not read yet)."""
-        return self._deleting
+    def deleting(self, since: float) -> bool | None:
+        """Whether Serve is deleting the application, as of the last poll; None when this cannot be said for a
+        replica started at wall time ``since``: not watched, not read yet, or a deletion seen before ``since`` (this
+        detached actor outlives a deleted application: that deletion may concern the one before a redeploy)."""
+        if self._deleting is None:
+            return None
+        deleting, asked_at = self._deleting
+        return None if deleting and asked_at < since else deleting
 
     def admit(self, session_id: str) -> dict[str, Any]:
         """The application-wide admission verdict for a new session (its slot is reserved when admitted)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -247,11 +248,12 @@ class IngressDeployment:
         return build_app(context)
 
 
-async def application_deleted(app_name: str, controller: Callable[[], Any]) -> bool:
-    """Whether Serve is deleting ``app_name``: the controller actor's answer (it polls ``serve.status()`` in its own
-    process; see ``actors.controller.application_deleting``), else Serve's own when the controller cannot say."""
+async def application_deleted(app_name: str, controller: Callable[[], Any], since: float) -> bool:
+    """Whether Serve is deleting ``app_name``: the controller actor's answer for a replica started at wall time
+    ``since`` (it polls ``serve.status()`` in its own process; see ``actors.controller.application_deleting``), else
+    Serve's own when the controller cannot say."""
     try:
-        answer = await asyncio.wait_for(controller().deleting.remote(), ADMISSION_TIMEOUT_S)
+        answer = await asyncio.wait_for(controller().deleting.remote(since), ADMISSION_TIMEOUT_S)
     except Exception as exc:  # the controller restarting: ask Serve directly this time
         logger.debug("the controller could not say whether the app is being deleted: %s", exc)
         answer = None
@@ -262,10 +264,11 @@ async def application_deleted(app_name: str, controller: Callable[[], Any]) -> b
 
 async def close_sessions_when_deleted(context: ServerContext, app_name: str, controller: Callable[[], Any]) -> None:
     """Close every session of this replica with 1001 once Serve deletes the application (see the module doc)."""
+    started_at = time.time()
     while True:
         await asyncio.sleep(SHUTDOWN_POLL_S)
         try:
-            if await application_deleted(app_name, controller):
+            if await application_deleted(app_name, controller, started_at):
                 break
         except Exception as exc:  # Serve's controller restarting: look again next time
             logger.debug("serve.status() failed: %s", exc)

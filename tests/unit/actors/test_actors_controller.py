@@ -70,4 +70,13 @@ def test_the_controller_says_whether_serve_is_deleting_the_app() -> None:
     assert application_deleting(FakeStatus(1, app_status=ApplicationStatus.DELETING), "mirage")
     assert not application_deleting(FakeStatus(1), "mirage")
     assert not application_deleting(FakeStatus(1, app_status=ApplicationStatus.DELETING), "other")  # absent app
-    assert ControllerActor(capacity=2).deleting() is None  # not watching Serve: the ingress asks Serve itself
+    assert ControllerActor(capacity=2).deleting(since=0.0) is None  # not watching Serve: the ingress asks Serve
+
+
+def test_a_deletion_seen_before_a_replica_started_is_not_its_answer() -> None:
+    controller = ControllerActor(capacity=2)
+    controller._deleting = (True, 100.0)  # what its watcher thread records: (deleting, when Serve was asked)
+    assert controller.deleting(since=50.0) is True
+    assert controller.deleting(since=150.0) is None  # maybe the application before a redeploy: ask Serve
+    controller._deleting = (False, 100.0)
+    assert controller.deleting(since=150.0) is False
