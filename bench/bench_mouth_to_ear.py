@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from actors.launch import LaunchError, _process_tree, launched
@@ -43,14 +44,16 @@ from bench.common import (
     BENCH_JWT_SECRET,
     CPU_CONFIG,
     BenchClient,
+    LoadMedia,
     LocalBackends,
     ServeApp,
     load_line,
+    load_media,
     machine_lines,
     pct,
 )
 from mirage_ray import protocol
-from mirage_ray.codec import float_to_pcm16, pcm16_to_float
+from mirage_ray.codec import encode_jpeg, float_to_pcm16, pcm16_to_float
 from mirage_ray.config import MirageSettings
 from mirage_ray.voice.base import SAMPLE_RATE
 from mirage_ray.voice.convert_world import WorldConverter
@@ -81,12 +84,13 @@ class Config:
     search_ms: int
     margin_ms: float
     latency_hint: str  # the page's AudioContext latencyHint
-    context_ms: int | None  # the voice windows' left context (None: what the converters report)
+    context_ms: int | None = None  # the voice windows' left context (None: what the converters report)
+    extra: tuple[str, ...] = ()  # more key=value settings (--set)
 
     @property
     def sets(self) -> list[str]:
         sets = [f"chunk_ms={self.block_ms}", f"crossfade_ms={self.crossfade_ms}", f"sola_search_ms={self.search_ms}"]
-        return sets + ([] if self.context_ms is None else [f"context_ms={self.context_ms}"])
+        return sets + ([] if self.context_ms is None else [f"context_ms={self.context_ms}"]) + list(self.extra)
 
     @property
     def hold_back_ms(self) -> float:
@@ -217,12 +221,59 @@ class PagePlayout:
 
 
 # --- through the real app ------------------------------------------------------------------------------------------
-async def page_role(app: ServeApp, x: np.ndarray, cfg: Config, seconds: float, out_ms: float) -> dict[str, Any]:
-    """Speech in real time in the page's chunks; each returned block through the page's playout rule."""
+@dataclass
+class VideoFigures:
+    """What the camera half of the page saw: frames sent and swapped back, their round trips, the ladder's levels."""
+
+    sent: dict[int, float] = field(default_factory=dict)
+    rtt_ms: list[float] = field(default_factory=list)
+    flagged: int = 0
+    levels: list[int] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)  # why the ladder moved (the directives' reasons)
+
+    def returned(self, media: protocol.Media, at: float, measured: bool) -> None:
+        if measured and media.seq in self.sent:
+            self.rtt_ms.append((at - self.sent[media.seq]) * 1000.0)
+            self.flagged += media.flags & protocol.FLAG_PASSTHROUGH != 0
+
+
+async def camera(client: BenchClient, frames: list[np.ndarray], figures: VideoFigures, stop_at: float) -> None:
+    """The page's camera: frames at the size, rate and JPEG quality the latest ``video`` directive asks for."""
+    level = {"width": 512, "height": 512, "fps": 20.0, "jpeg_quality": 85}
+    seq, seen, due = 0, 0, time.perf_counter()
+    while due < stop_at:
+        for _, message in client.texts[seen:]:
+            if message.get("type") == "directive" and message.get("video"):
+                level.update(message["video"])
+        seen = len(client.texts)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        image = frames[seq % len(frames)]
+        if image.shape[1] != level["width"]:
+            image = cv2.resize(image, (int(level["width"]), int(level["height"])), interpolation=cv2.INTER_AREA)
+        now = time.perf_counter()
+        figures.sent[seq] = now
+        payload = encode_jpeg(image, int(level["jpeg_quality"]))
+        await client.socket.send(protocol.pack(protocol.Kind.VIDEO, seq, int(now * 1e6), payload))
+        seq, due = seq + 1, due + 1.0 / float(level["fps"])
+
+
+async def page_role(
+    app: ServeApp, x: np.ndarray, cfg: Config, seconds: float, out_ms: float, media: LoadMedia | None = None
+) -> dict[str, Any]:
+    """Speech in real time in the page's chunks; each returned block through the page's playout rule. With
+    ``media``, the page's camera too: the reference photo first (the disguise is on), then frames at the
+    directives' rate, so that the voice shares the machine with video as in a call."""
     client = await BenchClient.connect(app)
+    video = VideoFigures()
+    camera_task: asyncio.Task[None] | None = None
     try:
         hello = await client.next_json("hello")
         block_ms = int(hello["audio"]["chunk_ms"])
+        if media is not None:
+            await client.socket.send(protocol.pack(protocol.Kind.REFERENCE, 0, 0, media.reference))
+            await client.next_json("reference", timeout_s=60)
+            frames = [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR) for f in media.frames]
+            camera_task = asyncio.create_task(camera(client, frames, video, time.perf_counter() + seconds + 1.0))
         audio = np.tile(x, math.ceil(seconds * SAMPLE_RATE / len(x)) + 1)
         total = int(seconds * SAMPLE_RATE) // FRAME * FRAME
         sent: list[tuple[int, int, float]] = []  # (first position, samples, send time)
@@ -238,6 +289,7 @@ async def page_role(app: ServeApp, x: np.ndarray, cfg: Config, seconds: float, o
             while not client.media.empty():
                 got = client.media.get_nowait()
                 if got.media.kind != protocol.Kind.AUDIO:
+                    video.returned(got.media, got.at, got.at >= start + WARM_UP_S)
                     continue
                 pcm = pcm16_to_float(got.media.payload)
                 blocks.append((returned, len(pcm), got.at, got.media.flags))
@@ -272,7 +324,13 @@ async def page_role(app: ServeApp, x: np.ndarray, cfg: Config, seconds: float, o
             await asyncio.sleep(0.005)
         drain()
         stats = await client.next_json("stats", timeout_s=5, after=time.perf_counter())
+        video.levels = [m.get("degrade_level", 0) for at, m in client.texts if m.get("type") == "stats"]
+        video.reasons.update(m["reason"] for _, m in client.texts if m.get("type") == "directive" and "video" in m)
     finally:
+        if camera_task is not None:
+            camera_task.cancel()
+            with contextlib.suppress(BaseException):
+                await camera_task
         await client.close()
     rows = []
     for (first, length, arrival, flags), queue_ms in zip(blocks, waits, strict=True):
@@ -294,17 +352,21 @@ async def page_role(app: ServeApp, x: np.ndarray, cfg: Config, seconds: float, o
         )
     for row in rows:
         row["total"] = sum(row[k] for k in ("block", "wait", "server", "hold-back", "queue", "output"))
-    return {"rows": rows, "underruns": playout.underruns, "stats": stats, "final_block_ms": block_ms}
+    measured_s = seconds - WARM_UP_S
+    result = {"rows": rows, "underruns": playout.underruns, "stats": stats, "final_block_ms": block_ms}
+    return result | ({"video": video, "measured_s": measured_s} if media is not None else {})
 
 
-async def _run_app(cfg: Config, x: np.ndarray, seconds: float, out_ms: float) -> dict[str, Any]:
+async def _run_app(
+    cfg: Config, x: np.ndarray, seconds: float, out_ms: float, media: LoadMedia | None
+) -> dict[str, Any]:
     env = {"MIRAGE_JWT_SECRET": BENCH_JWT_SECRET}
     with launched(CPU_CONFIG, sets=cfg.sets, num_cpus=2, env=env, timeout_s=300.0) as ready:
         url = ready["url"]
         app = ServeApp(url, url.replace("http://", "ws://") + "ws", ready["ray_address"], 0.0)
         before = cpu_seconds(_process_tree(ready["temp_dir"]))
         began = time.perf_counter()
-        result = await page_role(app, x, cfg, seconds, out_ms)
+        result = await page_role(app, x, cfg, seconds, out_ms, media)
         elapsed = time.perf_counter() - began
         split = cpu_split(before, cpu_seconds(_process_tree(ready["temp_dir"])))
     result["cpu"] = {k: v / elapsed for k, v in split.items() if k in ("Voice", "Ingress", "ProxyActor")}
@@ -336,7 +398,9 @@ def _serve_local(port: int, sets: list[str]) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-async def _run_local(cfg: Config, x: np.ndarray, seconds: float, out_ms: float) -> dict[str, Any]:
+async def _run_local(
+    cfg: Config, x: np.ndarray, seconds: float, out_ms: float, media: LoadMedia | None
+) -> dict[str, Any]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -354,7 +418,7 @@ async def _run_local(cfg: Config, x: np.ndarray, seconds: float, out_ms: float) 
         app = ServeApp(url, url.replace("http://", "ws://") + "ws", "", 0.0)
         before = cpu_seconds([server.pid])
         began = time.perf_counter()
-        result = await page_role(app, x, cfg, seconds, out_ms)
+        result = await page_role(app, x, cfg, seconds, out_ms, media)
         elapsed = time.perf_counter() - began
         split = cpu_split(before, cpu_seconds([server.pid]))
     finally:
@@ -379,6 +443,16 @@ def report(cfg: Config, result: dict[str, Any], baseline: dict[str, Any] | None)
         f" {sum(r['flagged'] for r in rows):.0f}, underruns {result['underruns']}, server runtime/real"
         f" {stats.get('runtime_ratio', float('nan')):.3f}; {result['load']}"
     )
+    if "video" in result:
+        video: VideoFigures = result["video"]
+        p50, p95 = pct(video.rtt_ms, 50), pct(video.rtt_ms, 95)
+        levels = video.levels or [0]
+        print(
+            f"  video: {len(video.rtt_ms) / result['measured_s']:.1f} fps back ({len(video.sent)} frames sent),"
+            f" round trip p50/p95 {p50:.0f}/{p95:.0f} ms, flagged {video.flagged}, ladder level at the end"
+            f" {levels[-1]} (max {max(levels)}); ladder moves: "
+            + ", ".join(f"{reason} ×{n}" for reason, n in video.reasons.most_common())
+        )
     print("  CPU s per session-second: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["cpu"].items())))
     print(f"  {'component':>10} {'p50 ms':>8} {'p95 ms':>8}" + ("  × before (p50)" if baseline else ""))
     for key in COMPONENTS:
@@ -407,6 +481,17 @@ def main() -> int:
         default="serve",
         help="serve: the Ray Serve app (actors.launch); local: the same ingress code with every stage in one process",
     )
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help="the page's camera too (reference photo, then a moving face at the directives' rate): voice beside video",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for the --extra-block runs"
+    )
+    parser.add_argument(
+        "--only-extra", action="store_true", help="skip the before/after configurations (only --extra-block ones)"
+    )
     parser.add_argument("--serve-local", type=int, default=None, help=argparse.SUPPRESS)  # internal: run the server
     args, rest = parser.parse_known_args()
     if args.serve_local is not None:
@@ -415,14 +500,25 @@ def main() -> int:
     for line in machine_lines():
         print(line)
     x = speech()
-    in_process(x, [int(b) for b in args.blocks.split(",")], [BEFORE, AFTER])
+    if args.blocks:  # --blocks "" skips the in-process part
+        in_process(x, [int(b) for b in args.blocks.split(",")], [BEFORE, AFTER])
     if args.skip_serve:
         return 0
-    configs = [BEFORE, AFTER] + [
-        Config(f"today's hold-back/margin, block {b} ms", b, AFTER.crossfade_ms, AFTER.search_ms, AFTER.margin_ms, "0")
+    media = load_media() if args.video else None
+    configs = ([] if args.only_extra else [BEFORE, AFTER]) + [
+        Config(
+            f"today's hold-back/margin, block {b} ms",
+            b,
+            AFTER.crossfade_ms,
+            AFTER.search_ms,
+            AFTER.margin_ms,
+            "0",
+            extra=tuple(args.set),
+        )
         for b in args.extra_block
     ]
     where = "the real app (serve_config.cpu.yaml)" if args.server == "serve" else "the ingress code, stages in-process"
+    where += ", with video" if args.video else ", audio only"
     out = {hint: output_latency_ms(hint) for hint in {c.latency_hint for c in configs}}
     print(
         f"\n(2) through {where}, a client in the page's role; output latency per hint: "
@@ -433,7 +529,7 @@ def main() -> int:
         for attempt in range(LAUNCH_ATTEMPTS):
             try:
                 run = _run_app if args.server == "serve" else _run_local
-                result = asyncio.run(run(cfg, x, args.seconds, out[cfg.latency_hint][0]))
+                result = asyncio.run(run(cfg, x, args.seconds, out[cfg.latency_hint][0], media))
                 break
             except LaunchError as exc:  # Ray's start times out on a machine this loaded; try again
                 print(f"  {cfg.name}: launch attempt {attempt + 1} failed: {str(exc).splitlines()[0]}")

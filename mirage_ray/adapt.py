@@ -31,6 +31,11 @@ APPLY_AT_LATEST_CHUNKS = 10
 # chunk sizes the policy steps through (ms, 10-ms multiples); the configured start (the seed's 192 ms) and the
 # configured [min, max] bounds are added, so with defaults the ladder is 80 120 160 192 240 320 400 480
 CHUNK_LADDER_MS = (80, 120, 160, 240, 320, 400, 480)
+# ours: video yields to audio (one degrade request) when this many of the last YIELD_WINDOW_CHUNKS chunks were over
+# budget. One late chunk is scheduling noise that the playout margin absorbs and a lower video level would not have
+# prevented; with small blocks (80 ms) single spikes came every few seconds and walked the ladder down to 5 fps.
+YIELD_WINDOW_CHUNKS = 8
+YIELD_MIN_OVER_CHUNKS = 3
 
 REASON_ACCEPTED = "accepted"
 REASON_OVER_BUDGET = "over_budget"
@@ -48,6 +53,7 @@ class AudioDecision:
     fallback: bool
     new_chunk_ms: int | None
     reason: str
+    video_yields: bool = False  # audio is over budget often enough that video should degrade one level
 
 
 def _check_ratio(ratio: float) -> float:
@@ -62,6 +68,8 @@ class AudioPolicy:
     Growth and shrink step one rung along the ladder; the change is proposed, then applied on the next silent chunk
     (or ``APPLY_AT_LATEST_CHUNKS`` chunks later), after which the ratio windows start empty (hysteresis: one
     decision, not one per chunk). An audio failure cancels a pending change and clears the windows too.
+    ``video_yields`` asks the video ladder for one degrade when ``YIELD_MIN_OVER_CHUNKS`` of the last
+    ``YIELD_WINDOW_CHUNKS`` chunks were over budget (then that count starts again).
     """
 
     def __init__(
@@ -82,6 +90,7 @@ class AudioPolicy:
         self._over_run = 0
         self._fell_back = False
         self._pending: tuple[int, str] | None = None  # (chunk_ms, reason)
+        self._recent_over: deque[bool] = deque(maxlen=YIELD_WINDOW_CHUNKS)
         self._pending_age = 0
 
     @classmethod
@@ -105,6 +114,10 @@ class AudioPolicy:
         ratio = _check_ratio(ratio)
         accepted = ratio < ACCEPT_BELOW
         base_reason = REASON_ACCEPTED if accepted else REASON_OVER_BUDGET
+        self._recent_over.append(not accepted)
+        yields = sum(self._recent_over) >= YIELD_MIN_OVER_CHUNKS
+        if yields:  # one request per episode
+            self._recent_over.clear()
         self._over_run = self._over_run + 1 if ratio > FAIL_ABOVE else 0
         if self._over_run >= FAIL_AFTER_CHUNKS:
             fallback = not self._fell_back
@@ -113,7 +126,7 @@ class AudioPolicy:
             self._over_run = 0
             self._pending = None
             self._ratios.clear()
-            return AudioDecision(accepted, True, fallback, None, REASON_AUDIO_FAILURE)
+            return AudioDecision(accepted, True, fallback, None, REASON_AUDIO_FAILURE, yields)
         if self._pending is None:
             self._ratios.append(ratio)
             self._pending = self._propose()
@@ -126,8 +139,8 @@ class AudioPolicy:
             self._chunk_ms = new_chunk_ms
             self._pending = None
             self._ratios.clear()
-            return AudioDecision(accepted, False, False, new_chunk_ms, reason)
-        return AudioDecision(accepted, False, False, None, base_reason)
+            return AudioDecision(accepted, False, False, new_chunk_ms, reason, yields)
+        return AudioDecision(accepted, False, False, None, base_reason, yields)
 
     def at_silence(self) -> tuple[int, str] | None:
         """A silent (gated) block: apply a pending chunk change now, without recording a ratio.

@@ -472,7 +472,7 @@ class Session:
     def _audio_decision(self, ratio: float) -> list[Outgoing]:
         decision = self._audio.step(ratio)
         self.metrics.audio_out(decision.accepted)
-        if not decision.accepted:  # the machine is short: video yields to audio, never the other way round
+        if decision.video_yields:  # the machine is short: video yields to audio, never the other way round
             self._video.request_degrade("audio over budget")
         replies = self._switch_to_fallback(f"too slow: {decision.reason}") if decision.fallback else []
         return replies + self._apply_chunk(decision.new_chunk_ms, decision.reason)

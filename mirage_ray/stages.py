@@ -7,6 +7,10 @@ model deployments (actors/); in unit tests and benchmarks :class:`LocalStages` r
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.voice.base import VoiceConverter, VoiceParams
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 # a voice stage that does not report its need gets the most any backend needs (RVC's)
 DEFAULT_VOICE_CONTEXT_MS = 384
 DEFAULT_SWAP_MARGIN = 0.2  # context a bbox-local swapper gets unless it declares its own ``context_margin``
@@ -68,19 +73,34 @@ class StageInfo:
         )
 
 
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (Linux: per thread; elsewhere the whole process would
+    change, so nothing is done there)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError as exc:  # a container may forbid it: the threads keep the process's priority
+        logger.warning("could not lower the video threads' priority: %s", exc)
+
+
 class Workers:
     """Thread pools for a replica's CPU work, off the event loop: one for video, one for audio.
 
     Separate pools so an audio job never queues behind frames (audio first); both shared by the replica's sessions.
     """
 
-    def __init__(self, video_threads: int = 2, audio_threads: int = 1) -> None:
-        self._video = ThreadPoolExecutor(video_threads, thread_name_prefix="mirage-video")
+    def __init__(self, video_threads: int = 2, audio_threads: int = 1, video_nice: int = 0) -> None:
+        """``video_nice`` > 0 lowers the video threads' CPU priority (Linux schedules threads one by one), so that
+        on shared cores a frame never holds up the event loop or an audio job: audio first, down to the scheduler."""
+        self._video = ThreadPoolExecutor(
+            video_threads, thread_name_prefix="mirage-video", initializer=lower_priority, initargs=(video_nice,)
+        )
         self._audio = ThreadPoolExecutor(audio_threads, thread_name_prefix="mirage-audio")
 
     @classmethod
     def from_settings(cls, settings: MirageSettings) -> Workers:
-        return cls(settings.video_threads, settings.audio_threads)
+        return cls(settings.video_threads, settings.audio_threads, settings.video_thread_nice)
 
     async def video(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._video, fn, *args)

@@ -1,5 +1,5 @@
 """The CPU profile (serve_config.cpu.yaml, what `make run` serves without a GPU): every deployment RUNNING, the
-embedded detector and swapper placed in the ingress process, a session swapped and converted end to end."""
+embedded detector, swapper and voice placed in the ingress process, a session swapped and converted end to end."""
 
 from __future__ import annotations
 
@@ -62,9 +62,9 @@ async def test_cpu_profile_swaps_and_converts_with_local_stages(cpu_app: ServeAp
     swapped = [m for m in client.media[Kind.VIDEO] if not m.flags & FLAG_PASSTHROUGH]
     assert len(swapped) >= 8  # swapped by the swapper placed in the ingress
 
-    # converted by the Voice deployment: a block it cannot answer within 0.8 x its length goes out pitch-shifted and
-    # flagged (fail closed), which a loaded machine may do to the first blocks while video competes for the cores;
-    # the rest of the sentence, audio only at real-time pace, must come back converted
+    # converted by the voice placed in the ingress: a block it cannot convert within 0.8 x its length goes out
+    # pitch-shifted and flagged (fail closed), which a loaded machine may do to the first blocks while video competes
+    # for the cores; the rest of the sentence, audio only at real-time pace, must come back converted
     def converted() -> int:  # speech, not flagged (a gated block is unflagged silence: its tail holds no sound)
         return sum(not m.flags & FLAG_PASSTHROUGH and _tail_dbfs(m.payload) > -45.0 for m in client.media[Kind.AUDIO])
 
@@ -74,7 +74,7 @@ async def test_cpu_profile_swaps_and_converts_with_local_stages(cpu_app: ServeAp
         pcm = float_to_pcm16(voice[audio_seq * chunk : (audio_seq + 1) * chunk])
         await client.send(Kind.AUDIO, audio_seq, int((time.monotonic() - start) * 1e6), pcm)
         await asyncio.sleep(chunk / 16_000)
-    await client.wait_for(lambda: converted() >= 2, 30, "2 audio blocks converted by the Voice deployment")
+    await client.wait_for(lambda: converted() >= 2, 30, "2 audio blocks converted by the voice stage")
     stats = httpx.get(cpu_app.url + "v1/stats", timeout=10).json()
     profile = yaml.safe_load((REPO_ROOT / "serve_config.cpu.yaml").read_text())["applications"][0]["args"]
     assert stats["admission"]["capacity"] == profile["max_sessions"] and stats["admission"]["scope"] == "application"

@@ -9,6 +9,8 @@ from mirage_ray.adapt import (
     FAIL_AFTER_CHUNKS,
     GROW_WINDOW_CHUNKS,
     SHRINK_WINDOW_CHUNKS,
+    YIELD_MIN_OVER_CHUNKS,
+    YIELD_WINDOW_CHUNKS,
     AudioDecision,
     AudioPolicy,
 )
@@ -30,6 +32,18 @@ def test_accept_below_065_only() -> None:
     rejected = policy.step(0.65)
     assert not rejected.accepted
     assert rejected.reason == "over_budget"
+
+
+def test_video_yields_when_audio_is_over_budget_often_not_on_one_spike() -> None:
+    policy = AudioPolicy(chunk_ms=480, max_chunk_ms=480)
+    spaced = [policy.step(0.7 if i % YIELD_WINDOW_CHUNKS == 0 else 0.3) for i in range(10 * YIELD_WINDOW_CHUNKS)]
+    assert not any(d.video_yields for d in spaced)  # one late chunk per window: scheduling noise
+    assert not spaced[0].accepted  # each late chunk is still counted as not accepted
+    burst = [policy.step(0.7) for _ in range(3 * YIELD_MIN_OVER_CHUNKS)]
+    assert [d.video_yields for d in burst] == [False, False, True] * 3  # one request per episode, then count anew
+    policy.step(0.3)
+    mixed = [policy.step(r) for r in (0.7, 0.3, 0.3, 0.7, 0.3, 0.3, 0.7)]  # 3 over within the window
+    assert [d.video_yields for d in mixed] == [False] * 6 + [True]
 
 
 def test_fails_on_the_40th_consecutive_chunk_over_080_with_one_fallback() -> None:

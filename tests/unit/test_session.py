@@ -612,11 +612,14 @@ async def test_controller_floor_holds_until_the_controller_is_unreachable() -> N
 
 
 async def test_audio_over_budget_makes_video_yield(voiced: np.ndarray) -> None:
-    """A converter over 0.65 of real time asks the video ladder for a degrade; audio itself keeps its chunk."""
+    """A converter over 0.65 of real time (chunk after chunk) asks the video ladder for a degrade; audio itself keeps
+    its chunk."""
     stages = ScriptedStages(FakeClock())
     stages.cost_ms["convert"] = 140.0  # 140/192 = 0.73: not accepted, not a failure
     session = make_session(stages, gate_db=-120.0)
-    await send_audio(session, looped(voiced, 3 * CHUNK_200))
+    await send_audio(session, looped(voiced, 2 * CHUNK_200))  # two 192 ms blocks over budget: not yet
+    assert session._video._request is None
+    await send_audio(session, looped(voiced, CHUNK_200), start_seq=2)  # the third
     assert session._video._request == "audio over budget"
     assert session.stats_message()["audio"]["chunk_ms"] == 192
 
