@@ -49,7 +49,7 @@ class MirageSettings(BaseSettings):
     video_threads: int = Field(2, ge=1, le=64, description="ingress threads for video CPU work (off the event loop)")
     audio_threads: int = Field(1, ge=1, le=64, description="ingress threads for audio CPU work (never behind video)")
     video_thread_nice: int = Field(
-        5,
+        0,
         ge=0,
         le=19,
         description="CPU niceness of the video threads (Linux, per thread): on shared cores the event loop and the "
