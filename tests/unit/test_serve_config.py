@@ -37,7 +37,6 @@ def test_cpu_profile_is_the_same_application_without_gpus() -> None:
     # cheap embedded stages: no hop (docs/benchmarks.md); both profiles start the voice at the default 80 ms blocks
     assert cpu_args.pop("local_stages") == ["detect", "swap", "voice"]
     assert cpu_args.pop("embedded_det_size") < 512
-    assert cpu_args.pop("video_thread_nice") > 0  # voice and video share the cores: audio first, down to the scheduler
     assert "chunk_ms" not in cpu_args and "context_ms" not in cpu_args
     gpu_args = dict(gpu_app["args"])
     assert "local_stages" not in gpu_args  # the A10G profile keeps every model stage a GPU-fractional deployment
