@@ -52,8 +52,8 @@ class MirageSettings(BaseSettings):
         0,
         ge=0,
         le=19,
-        description="CPU niceness of the video threads (Linux, per thread): on shared cores the event loop and the "
-        "audio threads run first",
+        description="CPU niceness added to the ingress's video threads (Linux, per thread) so that the event loop and "
+        "audio run first; for dedicated servers: beside other busy processes (a browser) the video starves",
     )
     on_stage_failure: FailureChoice = Field(
         "mask", description="a frame/block that could not be processed: mask the face / disguise the voice, or reveal"
