@@ -68,9 +68,9 @@ def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
         # to the next test. Admission by capacity stays on (tests/integration/test_capacity.py); the live rule is
         # tested without Ray (tests/unit/test_admission.py, tests/unit/actors/test_actors_controller.py)
         "admission_live_load=false",
-        # the A10G profile starts its voice block at 80 ms, sized for a machine with cores to spare; on these two
-        # shared cores 80 ms blocks keep the voice near its budget and the ladder takes video down for it, so the
-        # CPU-hosted test app starts at the CPU profile's block (serve_config.cpu.yaml)
+        # the A10G profile starts its voice block at 80 ms, sized for GPU deployments; here every stage is a CPU
+        # deployment behind a handle hop on two shared cores (the CPU profile avoids the hop for its 80 ms blocks by
+        # converting in the ingress), so the test app starts at the seed's 192 ms block
         "chunk_ms=192",
         # the CPU runs the models here: budgets the controller never calls saturated, so the slowed-stage test sees
         # the session's own ladder (the controller's global rules are unit-tested in test_controller_policy.py)
