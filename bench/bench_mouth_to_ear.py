@@ -16,7 +16,11 @@ the chunk that completes it, server (conversion + Serve + loopback, from that ch
 hold-back (crossfade + SOLA search), queue (arrival → scheduled start) and output latency. Also the Voice, Ingress and
 Proxy CPU per session-second over the run. Then totals (p50/p95) and the ratio to the previous defaults.
 
-    python -m bench.bench_mouth_to_ear [--seconds 20] [--skip-serve]      (from the repository root)
+With ``--video`` the client also plays the page's camera (the reference photo, then a moving face at the rate, size
+and JPEG quality the directives ask for), so that the voice shares the machine with video as in a call; the video
+figures (fps back, round trip, ladder level and why it moved) are printed too.
+
+    python -m bench.bench_mouth_to_ear [--seconds 20] [--skip-serve] [--video]      (from the repository root)
 """
 
 from __future__ import annotations
