@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,6 +42,8 @@ STOP_GRACE_S = 5.0
 DRAIN_TIMEOUT_S = 30.0  # SIGTERM: the application's deletion (sessions closed with 1001), at most this long
 LAUNCH_GRACE_S = 60.0  # beyond the ready timeout: Ray's own start, and the launcher's clean stop (drain included)
 APP_NAME = "mirage"
+FREE_PORT_RANGE = (20000, 32768)  # [start, stop): see free_port
+_HANDED_OUT: set[int] = set()
 
 
 def count_gpus() -> int:
@@ -55,9 +58,20 @@ def count_gpus() -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port between Ray's worker ports (10002-19999) and the kernel's ephemeral range (32768+):
+    a port the kernel hands out (bind to 0) can be taken by one of the processes Ray starts before Serve's proxy
+    binds it (seen once: "Failed to bind to address")."""
+    for port in random.sample(range(*FREE_PORT_RANGE), 200):
+        if port in _HANDED_OUT:  # handed to a process that may not have bound it yet
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError(f"no free port in {FREE_PORT_RANGE[0]}-{FREE_PORT_RANGE[1] - 1}")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

@@ -70,6 +70,10 @@ class AudioPolicy:
     decision, not one per chunk). An audio failure cancels a pending change and clears the windows too.
     ``video_yields`` asks the video ladder for one degrade when ``YIELD_MIN_OVER_CHUNKS`` of the last
     ``YIELD_WINDOW_CHUNKS`` chunks were over budget (then that count starts again).
+
+    A shrink buys latency only while the smaller block stays in budget: when a block below the configured start
+    makes video yield, the policy grows back one rung (reason ``grow``, applied like any change) and never shrinks
+    below that size again in this session, so the block does not trade the picture for a few ms of latency.
     """
 
     def __init__(
@@ -86,6 +90,8 @@ class AudioPolicy:
         rungs = {v for v in ladder_ms if min_chunk_ms <= v <= max_chunk_ms} | {min_chunk_ms, chunk_ms, max_chunk_ms}
         self._ladder = tuple(sorted(rungs))
         self._chunk_ms = chunk_ms
+        self._start_ms = chunk_ms
+        self._shrink_floor_ms = min_chunk_ms  # raised when a shrunk block made video yield
         self._ratios: deque[float] = deque(maxlen=max(GROW_WINDOW_CHUNKS, SHRINK_WINDOW_CHUNKS))
         self._over_run = 0
         self._fell_back = False
@@ -118,6 +124,7 @@ class AudioPolicy:
         yields = sum(self._recent_over) >= YIELD_MIN_OVER_CHUNKS
         if yields:  # one request per episode
             self._recent_over.clear()
+            self._undo_shrink()
         self._over_run = self._over_run + 1 if ratio > FAIL_ABOVE else 0
         if self._over_run >= FAIL_AFTER_CHUNKS:
             fallback = not self._fell_back
@@ -142,6 +149,17 @@ class AudioPolicy:
             return AudioDecision(accepted, False, False, new_chunk_ms, reason, yields)
         return AudioDecision(accepted, False, False, None, base_reason, yields)
 
+    def _undo_shrink(self) -> None:
+        """Video had to yield at a block that a shrink made: grow back one rung and shrink no lower again."""
+        if self._chunk_ms >= self._start_ms:
+            return
+        bigger = self._ladder[self._ladder.index(self._chunk_ms) + 1]
+        self._shrink_floor_ms = max(self._shrink_floor_ms, bigger)
+        if self._pending is None or self._pending[0] < bigger:
+            logger.debug("audio chunk %d ms made video yield: back to %d ms", self._chunk_ms, bigger)
+            self._pending = (bigger, REASON_GROW)
+            self._pending_age = 0
+
     def at_silence(self) -> tuple[int, str] | None:
         """A silent (gated) block: apply a pending chunk change now, without recording a ratio.
 
@@ -162,7 +180,8 @@ class AudioPolicy:
         if len(ratios) >= GROW_WINDOW_CHUNKS and _mean(ratios[-GROW_WINDOW_CHUNKS:]) > GROW_ABOVE:
             return (self._ladder[rung + 1], REASON_GROW) if rung + 1 < len(self._ladder) else None
         if len(ratios) >= SHRINK_WINDOW_CHUNKS and _mean(ratios[-SHRINK_WINDOW_CHUNKS:]) < SHRINK_BELOW:
-            return (self._ladder[rung - 1], REASON_SHRINK) if rung > 0 else None
+            smaller = self._ladder[rung - 1] if rung > 0 else None
+            return (smaller, REASON_SHRINK) if smaller is not None and smaller >= self._shrink_floor_ms else None
         return None
 
 

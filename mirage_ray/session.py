@@ -456,7 +456,7 @@ class Session:
             return None  # the raw block (reveal was chosen, or the voice is the speaker's own)
         self._fail_closed_count["audio"] += 1
         try:
-            return await self._workers.audio(self._shift.convert, window.samples, self.controls.voice_params)
+            return await self._workers.fail_closed(self._shift.convert, window.samples, self.controls.voice_params)
         except Exception:  # never the raw voice: silence
             logger.exception("session %s: fail-closed pitch shift failed; sending silence", self.id)
             return np.zeros_like(window.samples)

@@ -85,9 +85,11 @@ def lower_priority(nice: int) -> None:
 
 
 class Workers:
-    """Thread pools for a replica's CPU work, off the event loop: one for video, one for audio.
+    """Thread pools for a replica's CPU work, off the event loop: one for video, one for audio, one for fail-closed.
 
-    Separate pools so an audio job never queues behind frames (audio first); both shared by the replica's sessions.
+    Separate pools so an audio job never queues behind frames (audio first), and a fail-closed pitch shift never
+    queues behind the conversion that timed out (a timeout does not stop the thread running it); all shared by the
+    replica's sessions.
     """
 
     def __init__(self, video_threads: int = 2, audio_threads: int = 1, video_nice: int = 0) -> None:
@@ -97,6 +99,7 @@ class Workers:
             video_threads, thread_name_prefix="mirage-video", initializer=lower_priority, initargs=(video_nice,)
         )
         self._audio = ThreadPoolExecutor(audio_threads, thread_name_prefix="mirage-audio")
+        self._fail_closed = ThreadPoolExecutor(1, thread_name_prefix="mirage-fail-closed")
 
     @classmethod
     def from_settings(cls, settings: MirageSettings) -> Workers:
@@ -108,9 +111,13 @@ class Workers:
     async def audio(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._audio, fn, *args)
 
+    async def fail_closed(self, fn: Callable[..., T], *args: Any) -> T:
+        """The fail-closed stand-in for a stage that failed or timed out, on its own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._fail_closed, fn, *args)
+
     def shutdown(self) -> None:
-        self._video.shutdown(wait=False, cancel_futures=True)
-        self._audio.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._video, self._audio, self._fail_closed):
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Stages(Protocol):

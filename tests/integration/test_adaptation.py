@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from mirage_ray.adapt import build_ladder
-from mirage_ray.codec import float_to_pcm16
+from mirage_ray.codec import decode_image, encode_jpeg, float_to_pcm16, resize_max_side
 from mirage_ray.protocol import Kind
 from tests.conftest import ServeApp
 from tests.integration.client import Client, ray_snippet, set_stage_delay
@@ -26,7 +26,8 @@ SLOW_SWAP_MS = 120.0
 
 
 class Streamer:
-    """Sends real speech (real time) and a moving face (at the directed fps) on one client's shared clock."""
+    """Sends real speech (real time) and a moving face on one client's shared clock, following the directives (fps,
+    size, JPEG quality) as the page does."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -35,7 +36,15 @@ class Streamer:
         self.fps = 20.0
         self._stop = asyncio.Event()
         self._voice = speech()
-        self._frames = moving_face_frames(40, step_px=2)
+        self._faces = [decode_image(f, 512 * 512) for f in moving_face_frames(40, step_px=2)]
+        self._encoded: dict[tuple[int, int, int], bytes] = {}
+
+    def frame(self, seq: int, max_side: int, quality: int) -> bytes:
+        """Frame ``seq`` of the moving face at the directed size and quality (each encoded once)."""
+        key = (seq % len(self._faces), max_side, quality)
+        if key not in self._encoded:
+            self._encoded[key] = encode_jpeg(resize_max_side(self._faces[key[0]], max_side), quality)
+        return self._encoded[key]
 
     def now_us(self) -> int:
         return int((time.monotonic() - self.start) * 1e6)
@@ -52,11 +61,13 @@ class Streamer:
 
     async def video(self) -> None:
         seq = 0
+        max_side, quality = 512, 85
         while not self._stop.is_set():
             directives = [d for d in self.client.json["directive"] if "video" in d]
             if directives:
-                self.fps = directives[-1]["video"]["fps"]
-            await self.client.send(Kind.VIDEO, seq, self.now_us(), self._frames[seq % len(self._frames)])
+                level = directives[-1]["video"]
+                self.fps, max_side, quality = level["fps"], max(level["width"], level["height"]), level["jpeg_quality"]
+            await self.client.send(Kind.VIDEO, seq, self.now_us(), self.frame(seq, max_side, quality))
             seq += 1
             await asyncio.sleep(1.0 / self.fps)
 

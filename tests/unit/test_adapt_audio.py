@@ -134,6 +134,28 @@ def test_shrinks_one_rung_when_mean_of_last_120_is_under_055() -> None:
     assert policy.step(0.5, is_silence=True).new_chunk_ms == 120
 
 
+def test_a_shrink_that_makes_video_yield_is_undone_and_not_repeated() -> None:
+    policy = AudioPolicy()
+    feed(policy, 0.3, SHRINK_WINDOW_CHUNKS, is_silence=True)
+    assert policy.chunk_ms == 160
+    # at 160 ms three chunks over budget: video yields, and the block goes back to 192 ms at the next silence
+    over = [policy.step(0.7) for _ in range(YIELD_MIN_OVER_CHUNKS)]
+    assert over[-1].video_yields and policy.pending_chunk_ms == 192
+    back = policy.step(0.3, is_silence=True)
+    assert (back.new_chunk_ms, back.reason) == (192, "grow")
+    # spare time again: no shrink to 160 this session (it cost the picture once)
+    assert all(d.new_chunk_ms is None for d in feed(policy, 0.3, 3 * SHRINK_WINDOW_CHUNKS, is_silence=True))
+    assert policy.chunk_ms == 192
+
+
+def test_yields_at_the_configured_block_or_above_do_not_change_it() -> None:
+    policy = AudioPolicy()
+    over = [policy.step(0.7) for _ in range(YIELD_MIN_OVER_CHUNKS)]
+    assert over[-1].video_yields and policy.pending_chunk_ms is None  # growth is the mean rule's business
+    feed(policy, 0.3, SHRINK_WINDOW_CHUNKS, is_silence=True)
+    assert policy.chunk_ms == 160  # a block never shrunk is free to shrink
+
+
 def test_mean_exactly_055_does_not_shrink() -> None:
     policy = AudioPolicy()
     feed(policy, 0.55, 400, is_silence=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from mirage_ray.config import MirageSettings
 from mirage_ray.metrics import SessionSummary
 from mirage_ray.protocol import FLAG_PASSTHROUGH, Kind, Media
 from mirage_ray.session import Session
-from mirage_ray.stages import StageInfo, StageUnavailable
+from mirage_ray.stages import StageInfo, StageUnavailable, Workers
 from mirage_ray.vision.detect_retinaface import RetinaFaceDetector
 from mirage_ray.vision.faces import Face, SourceIdentity
 from mirage_ray.vision.swap_classical import ClassicalSwapper
@@ -305,6 +306,45 @@ async def test_late_blocks_skip_the_converter_but_not_the_disguise(voiced: np.nd
     assert [b.flags for b in live] == [0] * 5 and stages.convert_calls == [False] * 5
     assert session.stats_message()["audio"]["late_blocks"] == 5
     assert_conserved(session)
+
+
+class StuckConverterStages(ScriptedStages):
+    """The voice stage runs on the session's audio thread and takes far longer than any block's budget."""
+
+    def __init__(self, clock: FakeClock, workers: Workers, stuck_s: float) -> None:
+        super().__init__(clock)
+        self.workers, self.stuck_s = workers, stuck_s
+
+    async def convert(self, window: np.ndarray, params: VoiceParams, fallback: bool = False) -> np.ndarray:
+        self.convert_calls.append(fallback)
+        await self.workers.audio(time.sleep, self.stuck_s)  # a timeout cancels the await, not the thread
+        return window
+
+
+async def test_a_timed_out_conversion_fails_closed_without_waiting_for_the_stuck_audio_thread(
+    voiced: np.ndarray,
+) -> None:
+    stuck_s = 3.0
+    workers = Workers(1, 1)
+    stages = StuckConverterStages(FakeClock(), workers, stuck_s)
+    seed = MirageSettings(chunk_ms=192, crossfade_ms=40, sola_search_ms=10)
+    session = Session(seed, stages, INFO, workers, session_id="s1", clock=stages.clock)
+    try:
+        answered_after = []
+        blocks = []
+        for seq in range(3):  # each chunk completes a block; the first conversion still holds the audio thread
+            start = time.monotonic()
+            chunk = float_to_pcm16(voiced[seq * CHUNK_200 : (seq + 1) * CHUNK_200])
+            blocks += audio_blocks(await session.on_audio(Media(Kind.AUDIO, seq, seq * 200_000, chunk)))
+            answered_after.append(time.monotonic() - start)
+    finally:
+        workers.shutdown()
+    # budget 0.8 x 192 ms, then the pitch shift on its own thread: far sooner than the stuck conversion ends
+    assert max(answered_after) < stuck_s / 2, answered_after
+    assert len(blocks) == 3 and all(b.flags == FLAG_PASSTHROUGH for b in blocks)  # failed closed, never raw
+    x16 = pcm16_to_float(float_to_pcm16(voiced[: 3 * CHUNK_200]))
+    assert best_match(pcm16_to_float(blocks[2].payload), x16, 2 * BLOCK_192 - 800) < 0.8
+    assert session.stats_message()["fail_closed"]["audio"] == 3
 
 
 # --- a frame's journey -------------------------------------------------------------------------------------------
