@@ -55,6 +55,7 @@ from bench.common import (
     load_media,
     machine_lines,
     pct,
+    world_context_ms,
 )
 from mirage_ray import protocol
 from mirage_ray.codec import encode_jpeg, float_to_pcm16, pcm16_to_float
@@ -122,7 +123,7 @@ def in_process(x: np.ndarray, blocks: list[int], configs: list[Config]) -> None:
     for block_ms in blocks:
         for cfg in configs:
             row: dict[str, float] = {}
-            context_ms = world.context_ms if cfg.context_ms is None else cfg.context_ms
+            context_ms = world_context_ms(MirageSettings(context_ms=cfg.context_ms))
             for crossfade in (True, False):
                 stream = VoiceStream(
                     block_ms=block_ms,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import BenchClient, ServeApp, load_line, machine_lines, p50_p95, serve_app
+from bench.common import BenchClient, ServeApp, load_line, machine_lines, p50_p95, serve_app, world_context_ms
 from mirage_ray import protocol
 from mirage_ray.adapt import ACCEPT_BELOW, AudioPolicy
 from mirage_ray.codec import float_to_pcm16, pcm16_to_float
@@ -54,8 +54,7 @@ def _stream(settings: MirageSettings, block_ms: int, crossfade: bool | None = No
     changes: dict[str, object] = {"chunk_ms": block_ms}
     if crossfade is not None:
         changes["crossfade"] = crossfade
-    context_ms = settings.context_ms if settings.context_ms is not None else WorldConverter.context_ms
-    return VoiceStream.from_settings(settings.model_copy(update=changes), context_ms)
+    return VoiceStream.from_settings(settings.model_copy(update=changes), world_context_ms(settings))
 
 
 # --- in-process WORLD across the ladder ----------------------------------------------------------------------------

@@ -27,10 +27,14 @@ import websockets
 from actors.launch import launched
 from mirage_ray import protocol
 from mirage_ray.codec import encode_jpeg, float_to_pcm16
+from mirage_ray.config import MirageSettings
+from mirage_ray.session import voice_context_ms
+from mirage_ray.stages import StageInfo
+from mirage_ray.voice.convert_shift import ShiftConverter
+from mirage_ray.voice.convert_world import WorldConverter
 
 if TYPE_CHECKING:
     from mirage_ray.backends import Choice
-    from mirage_ray.config import MirageSettings
     from mirage_ray.stages import LocalStages, Workers
     from mirage_ray.vision.base import Detector, Enhancer, Swapper
     from mirage_ray.voice.base import VoiceConverter
@@ -50,6 +54,13 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def p50_p95(values: Sequence[float]) -> tuple[float, float]:
     return pct(values, 50), pct(values, 95)
+
+
+def world_context_ms(settings: MirageSettings) -> int:
+    """The voice windows' left context of a session whose voice stage runs WORLD (the embedded default), by the
+    session's own rule."""
+    info = StageInfo(voice_context_ms=WorldConverter.context_ms)
+    return voice_context_ms(settings, info, ShiftConverter())
 
 
 def machine_lines() -> list[str]:

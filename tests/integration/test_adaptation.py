@@ -112,7 +112,7 @@ async def test_slowed_swapper_steps_down_the_ladder_in_order_then_restores(serve
             )
         except AssertionError:
             last = client.json["stats"][-1]
-            recent = [d.get("reason") for d in client.json["directive"][-3:]]
+            recent = [d.get("reason") for d in client.json["directive"] if "video" in d][-3:]
             if recent and all(r == "request:audio over budget" for r in recent):
                 # audio first, working as designed: on a machine this slow the voice keeps missing its budget and
                 # video keeps yielding, so a restore cannot be observed here (the rule is unit-tested)
