@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 STATS_INTERVAL_S = 1.0
 AUDIO_BACKLOG_BLOCKS = 3  # chunks waiting beyond this skip the voice stage (fail-closed shift) to keep latency
 CONTROLLER_TIMEOUT_S = 0.5
+RECANCEL_AFTER_S = 0.5  # a worker still running this long after its cancellation is cancelled again
 
 
 class SocketLike(Protocol):
@@ -90,11 +91,7 @@ class Connection:
         try:
             await self._receive_loop()
         finally:
-            for task in workers:
-                task.cancel()
-            for task in workers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await _cancel_until_done(workers)
             if self._closing is not None and not self._closed:
                 code, reason = self._closing
                 with contextlib.suppress(Exception):
@@ -251,3 +248,20 @@ class Connection:
                 except Exception:  # the peer went away; the receive loop sees the disconnect
                     self._closed = True
                     return
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` until every one has ended. Once is not always enough: on Python 3.11 ``asyncio.wait_for``
+    returns its inner call's result when that call finishes as the cancellation arrives, and the worker then goes on
+    waiting for input that never comes, so the session would never end (seen: a replaced page session still counted
+    30 s later)."""
+    pending: set[asyncio.Task[None]] = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER_S)
+        if pending:
+            logger.warning("%d session worker(s) outlived their cancellation: cancelling again", len(pending))
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("session worker %s ended with %r", task.get_name(), task.exception())

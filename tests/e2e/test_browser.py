@@ -329,7 +329,12 @@ def _check_one_session_on_connect(page: object, base_url: str, new_token: Callab
     # the old session ends when its close reaches the replica through Serve's proxy: at once on a quiet machine, a
     # few seconds late on a loaded one (CI saw > 5 s); a leaked session would stay until the tab closes
     replaced_at = time.monotonic()
-    _wait_until(page, lambda: _server_sessions(base_url) == 1, "exactly one session on the server", OLD_SESSION_GONE_S)
+    try:
+        _wait_until(page, lambda: _server_sessions(base_url) == 1, "one session on the server", OLD_SESSION_GONE_S)
+    except AssertionError as exc:
+        with urllib.request.urlopen(base_url + "v1/stats", timeout=10) as res:
+            stats = json.loads(res.read())
+        raise AssertionError(f"{exc}: sessions {stats['sessions']}, ids {sorted(stats['per_session'])}") from None
     print(f"the replaced session ended {time.monotonic() - replaced_at:.2f} s after the new session's hello")
     page.wait_for_timeout(1000)
     assert _server_sessions(base_url) == 1

@@ -411,3 +411,36 @@ async def test_each_kind_has_its_own_seq(detector: RetinaFaceDetector, voiced: n
         socket.push(audio_at(101, 1, voiced))
         await socket.wait_for(lambda sent: len(socket.media(Kind.AUDIO)) == 2)
     assert socket.json("error") == []
+
+
+async def test_the_session_ends_even_when_a_worker_swallows_its_cancellation(
+    detector: RetinaFaceDetector, voiced: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` returns its inner call's result when that call finishes as the
+    cancellation arrives; the audio worker then waits for a chunk that never comes. The connection must still end."""
+    swallowed = asyncio.Event()
+
+    async def on_audio_that_swallows(media: Media, late: bool = False) -> list[Any]:
+        try:
+            await asyncio.Event().wait()  # a conversion under way when the client leaves
+        except asyncio.CancelledError:
+            swallowed.set()
+            return []  # what that wait_for does: the result, not the cancellation
+        raise AssertionError("unreachable")
+
+    stages = HeldStages(detector)
+    session = Session(MirageSettings(chunk_ms=200), stages, INFO, session_id="t1")
+    monkeypatch.setattr(session, "on_audio", on_audio_that_swallows)
+    socket = FakeSocket()
+    task = asyncio.create_task(Connection(socket, session).run())
+    socket.push(audio(0, voiced))
+    await socket.drained()
+    socket.disconnect()
+    ended, _ = await asyncio.wait({task}, timeout=WAIT_S)  # (wait_for would cancel the hung task and hide it)
+    try:
+        assert task in ended, "the connection outlived the client: a worker outlived its one cancellation"
+    finally:
+        for _ in range(3):  # a hung connection ignores one cancel (the same swallowing): end it for the next tests
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+    assert swallowed.is_set()
