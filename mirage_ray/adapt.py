@@ -180,8 +180,8 @@ class AudioPolicy:
         if len(ratios) >= GROW_WINDOW_CHUNKS and _mean(ratios[-GROW_WINDOW_CHUNKS:]) > GROW_ABOVE:
             return (self._ladder[rung + 1], REASON_GROW) if rung + 1 < len(self._ladder) else None
         if len(ratios) >= SHRINK_WINDOW_CHUNKS and _mean(ratios[-SHRINK_WINDOW_CHUNKS:]) < SHRINK_BELOW:
-            smaller = self._ladder[rung - 1] if rung > 0 else None
-            return (smaller, REASON_SHRINK) if smaller is not None and smaller >= self._shrink_floor_ms else None
+            can_shrink = rung > 0 and self._ladder[rung - 1] >= self._shrink_floor_ms
+            return (self._ladder[rung - 1], REASON_SHRINK) if can_shrink else None
         return None
 
 

@@ -263,5 +263,5 @@ async def _cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
         if pending:
             logger.warning("%d session worker(s) outlived their cancellation: cancelling again", len(pending))
     for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            logger.debug("session worker %s ended with %r", task.get_name(), task.exception())
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.debug("session worker %s ended with %r", task.get_name(), error)
